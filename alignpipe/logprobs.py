@@ -1,0 +1,119 @@
+"""Log-probabilities of chosen tokens without materializing [batch, seq, vocab] logits.
+
+Only the hidden states that predict completion tokens are gathered, and the LM head runs over
+them in chunks: forward keeps one [chunk, vocab] block alive at a time, backward recomputes it.
+This is what makes a 49k-vocabulary model cheap to train on short completions.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
+
+
+class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+        w = weight.to(hidden.dtype)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, fp64 stays fp64
+        out = hidden.new_empty(hidden.shape[0], dtype=acc)
+        lse = hidden.new_empty(hidden.shape[0], dtype=acc)
+        for s in range(0, hidden.shape[0], chunk):
+            logits = (hidden[s : s + chunk] @ w.T).to(acc)
+            lse_c = torch.logsumexp(logits, dim=-1)
+            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse_c
+            lse[s : s + chunk] = lse_c
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        chunk = ctx.chunk
+        w = weight.to(hidden.dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            h, t, g = hidden[s : s + chunk], targets[s : s + chunk], grad_out[s : s + chunk].to(lse.dtype)
+            # d logp_t / d logits = onehot(t) - softmax
+            dlogits = torch.exp((h @ w.T).to(lse.dtype) - lse[s : s + chunk, None]).mul_(-g[:, None])
+            dlogits[rows[: h.shape[0]], t] += g
+            dlogits = dlogits.to(hidden.dtype)
+            if need_h:
+                grad_h[s : s + chunk] = dlogits @ w
+            if need_w:
+                grad_w += (dlogits.T @ h).to(lse.dtype)
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None
+
+
+def selective_log_softmax(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """log softmax(hidden @ weight.T)[i, targets[i]] for each row i, in fp32, chunked over rows."""
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32)
+    chunk = chunk or max(1, DEFAULT_CHUNK_ELEMENTS // weight.shape[0])
+    return _ChunkedSelectiveLogSoftmax.apply(hidden, weight, targets, chunk)
+
+
+def naive_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The textbook computation (full logits, full log_softmax); kept as the reference in tests."""
+    logp = torch.log_softmax((hidden @ weight.to(hidden.dtype).T).float(), dim=-1)
+    return logp.gather(1, targets[:, None]).squeeze(1)
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(backbone returning last_hidden_state, lm_head) of an HF causal LM, PEFT-wrapped or not."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(lm, lm.base_model_prefix, None)
+    head = lm.get_output_embeddings()
+    if backbone is None or head is None:
+        raise TypeError(f"{type(lm).__name__}: cannot find the backbone and LM head")
+    if getattr(head, "bias", None) is not None:
+        raise TypeError(f"{type(lm).__name__}: LM heads with a bias are not supported")
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(lm.config, attr, None) not in (None, 1.0):
+            raise TypeError(f"{type(lm).__name__}: config.{attr} is not supported")
+    return backbone, head
+
+
+class SequenceScorer(nn.Module):
+    """Wraps a causal LM so forward(batch) returns the summed log-prob of each segment.
+
+    It is a module (not a function) so that DDP can wrap it: gradients then sync as usual.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, batch) -> torch.Tensor:
+        backbone, head = causal_lm_parts(self.lm)
+        mask = batch.attention_mask
+        if mask.dim() == 4 and attention_implementation(self.lm) == "eager":
+            # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
+            mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(head.weight.dtype).min
+            )
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
+        if batch.position_ids is not None:
+            kwargs["position_ids"] = batch.position_ids
+        hidden = backbone(**kwargs).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
+        token_logps = selective_log_softmax(picked, head.weight, batch.targets)
+        sums = torch.zeros(batch.num_segments, dtype=torch.float32, device=token_logps.device)
+        return sums.index_add(0, batch.segment, token_logps)
+
+
+def attention_implementation(model: nn.Module) -> str:
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(lm.config, "_attn_implementation", None) or "eager"
+
+
+def can_take_4d_mask(model: nn.Module) -> bool:
+    """Prefix sharing needs a custom 4-D mask and position ids: sdpa and eager attention take them."""
+    return attention_implementation(model) in ("sdpa", "eager")

