@@ -1,0 +1,327 @@
+"""The `alignpipe` command: run the pipeline (through Prefect), one stage (without it), schedules,
+and the MLflow record of past runs.
+
+Prefect and MLflow are imported inside the commands that need them, so `alignpipe stage` and
+`alignpipe presets` work on a machine with neither. Bad input exits 2 with one line naming the
+option; a stage that fails exits 1.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline_config import ConfigError, PipelineConfig, load_config, preset_names
+from pipeline_config import loading as config_loading
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="alignpipe: SFT -> preference pairs -> reference log-probs -> DPO -> judge -> OOD -> report.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_STAGE_SOURCE = "alignpipe.stages"
+
+PresetOpt = typer.Option("demo", "--preset", "-p", help="Preset name (see `alignpipe presets`).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file (instead of --preset).")
+SetOpt = typer.Option([], "--set", "-s", help="Override a config value: KEY=VALUE, e.g. dpo.beta=0.5 (repeatable).")
+StagesFromOpt = typer.Option(
+    DEFAULT_STAGE_SOURCE, "--stages-from", hidden=True, help="Module ('pkg.mod' or 'pkg.mod:attr') providing the stages."
+)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _config(preset: str, config: Optional[Path], sets: list[str]) -> PipelineConfig:
+    try:
+        return load_config(preset, config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _catalog(source: str):
+    from alignpipe.runner import PipelineError, StageCatalog
+
+    try:
+        return StageCatalog.from_source(source)
+    except PipelineError as e:
+        _fail(f"--stages-from: {e}")
+
+
+def _check_stage_names(option: str, names: list[str], catalog) -> None:
+    for name in names:
+        if name not in catalog.names:
+            _fail(f"{option} {name}: unknown stage (stages: {', '.join(catalog.names)})")
+
+
+# ----------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfig] = None) -> None:
+    table = Table(title=f"alignpipe: {len(summary['executed'])} ran, {len(summary['reused'])} reused")
+    table.add_column("stage")
+    table.add_column("cached?")
+    table.add_column("seconds", justify="right")
+    table.add_column("headline metrics")
+    for stage in summary["stages"]:
+        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in stage["metrics"].items())
+        table.add_row(stage["name"], "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", metrics)
+    console.print(table)
+    console.print(f"outputs:  {summary.get('run_dir', '')}/store", highlight=False)
+    if summary.get("mlflow_run_id"):
+        console.print(f"mlflow:   run {summary['mlflow_run_id']} in {summary['tracking_uri']}", highlight=False)
+    if tracking_cfg is not None:
+        from alignpipe.tracking import ui_command
+
+        console.print(f"browse:   {shlex.join(ui_command(tracking_cfg))}", highlight=False, soft_wrap=True)
+    if summary.get("report"):
+        console.print(f"report:   {summary['report']}", highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------
+@app.command()
+def run(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    rerun: list[str] = typer.Option([], "--rerun", help="Recompute this stage and everything downstream (repeatable)."),
+    stages_from: str = StagesFromOpt,
+) -> None:
+    """Run the whole pipeline as a Prefect flow, reusing every stage whose inputs did not change."""
+    from alignpipe.runner import PipelineError, StageFailed
+
+    cfg = _config(preset, config, set_)
+    _check_stage_names("--rerun", rerun, _catalog(stages_from))
+    from flows.pipeline import alignpipe_pipeline
+
+    try:
+        summary = alignpipe_pipeline(
+            preset=preset,
+            overrides=list(set_),
+            rerun=list(rerun),
+            config_path=str(config) if config else None,
+            stage_source=stages_from,
+        )
+    except (ConfigError, PipelineError) as e:
+        _fail(str(e))
+    except StageFailed as e:
+        _fail(str(e), code=1)
+    render_summary(summary, cfg)
+
+
+@app.command()
+def stage(
+    name: str = typer.Argument(..., help="The stage to run; missing upstream outputs are computed first."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute this stage even if its output is cached."),
+    track: bool = typer.Option(True, "--track/--no-track", help="Record the run in MLflow."),
+    stages_from: str = StagesFromOpt,
+) -> None:
+    """Run one stage without Prefect (e.g. on a bare GPU box), reusing cached upstream outputs."""
+    from alignpipe.runner import PipelineError, Runner, StageFailed
+
+    cfg = _config(preset, config, set_)
+    catalog = _catalog(stages_from)
+    _check_stage_names("stage", [name], catalog)
+    try:
+        runner = Runner(cfg, catalog)
+        plan = runner.plan([name], rerun=[name] if force else [])
+    except PipelineError as e:
+        _fail(str(e))
+    summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(Path(cfg.run_dir).resolve())}
+    try:
+        if track:
+            from alignpipe.tracking import PipelineTracker
+
+            with PipelineTracker(cfg, entrypoint="stage", run_name=f"{cfg.preset}-stage-{name}") as tracker:
+                result = runner.run(plan, execute=tracker.wrap(runner.run_stage))
+                tracker.record_pipeline(result)
+            summary.update(tracker.summary())
+        else:
+            result = runner.run(plan)
+    except PipelineError as e:
+        _fail(str(e))
+    except StageFailed as e:
+        _fail(str(e), code=1)
+    summary.update(result.summary())
+    render_summary(summary, cfg if track else None)
+    console.print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
+
+
+@app.command()
+def schedule(
+    cron: str = typer.Option(..., "--cron", help='Cron expression, e.g. "0 3 * * *".'),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    work_pool: Optional[str] = typer.Option(None, "--work-pool", help="Deploy to this Prefect work pool instead of serving."),
+    name: str = typer.Option("alignpipe-nightly", "--name", help="Deployment name."),
+    apply: bool = typer.Option(False, "--apply", help="With --work-pool: create the deployment now (needs PREFECT_API_URL)."),
+) -> None:
+    """Run the pipeline on a cron schedule: serve it from this process, or deploy it to a work pool."""
+    from flows import schedule as sched
+
+    _config(preset, config, set_)  # fail now, not at 3 a.m.
+    try:
+        sched.validate_cron(cron)
+    except ValueError as e:
+        _fail(str(e))
+    params = sched.flow_parameters(preset, set_, str(config) if config else None)
+    if work_pool is None:
+        if apply:
+            _fail("--apply: only meaningful with --work-pool")
+        console.print(f"serving '{name}' on cron '{cron}' (Ctrl-C stops it)", highlight=False)
+        sched.serve(cron, params, name)
+        return
+    if not apply:
+        console.print("Create the deployment with:", highlight=False)
+        console.print(sched.deploy_command(cron, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"then start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        _fail("--apply: no Prefect server configured; set PREFECT_API_URL (a work pool needs a running server)")
+    deployment_id = sched.deploy(cron, work_pool, params, name)
+    console.print(f"deployment {name} created ({deployment_id}) in pool {work_pool}", highlight=False)
+
+
+def _run_row_metrics(runs: list, metric: list[str]) -> list[str]:
+    if metric:
+        return metric
+    common = set.intersection(*(set(r.data.metrics) for r in runs)) if runs else set()
+    return sorted(k for k in common if "/" in k)[:4]
+
+
+@app.command()
+def runs(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many recent pipeline runs."),
+    metric: list[str] = typer.Option([], "--metric", help="Metric column to show, e.g. dpo/loss (repeatable)."),
+) -> None:
+    """Recent pipeline runs from MLflow, newest first."""
+    from alignpipe.tracking import search_pipeline_runs
+
+    cfg = _config(preset, config, set_)
+    found = search_pipeline_runs(cfg, limit=limit, experiment=experiment)
+    if not found:
+        console.print(f"no pipeline runs in experiment '{experiment or cfg.tracking.experiment}'", highlight=False)
+        return
+    columns = _run_row_metrics(found, metric)
+    table = Table(title=f"pipeline runs ({len(found)})")
+    for col in ["run id", "name", "started", "status", "preset", "ran", *columns]:
+        table.add_column(col)
+    for r in found:
+        started = datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+        values = [_fmt(r.data.metrics[c]) if c in r.data.metrics else "" for c in columns]
+        table.add_row(
+            r.info.run_id[:12], r.info.run_name or "", started, r.info.status,
+            r.data.tags.get("pipeline", ""), r.data.tags.get("stages_executed", ""), *values,
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def compare(
+    run_ids: list[str] = typer.Argument(..., help="Run ids (or unique prefixes of 6+ characters)."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    all_params: bool = typer.Option(False, "--all-params", help="Show every param, not just those that differ."),
+) -> None:
+    """Params and metrics of pipeline runs side by side."""
+    from alignpipe.tracking import get_runs
+
+    cfg = _config(preset, config, set_)
+    try:
+        found = get_runs(cfg, run_ids)
+    except ValueError as e:
+        _fail(str(e))
+    table = Table(title="params and metrics")
+    table.add_column("")
+    for r in found:
+        table.add_column(f"{r.info.run_name or ''}\n{r.info.run_id[:12]}")
+    params = sorted(set().union(*(r.data.params for r in found)))
+    if not all_params and len(found) > 1:
+        params = [p for p in params if len({r.data.params.get(p) for r in found}) > 1]
+    for p in params:
+        table.add_row(p, *[r.data.params.get(p, "") for r in found])
+    metrics = sorted(set().union(*(r.data.metrics for r in found)))
+    if params and metrics:
+        table.add_section()
+    for m in metrics:
+        table.add_row(m, *[_fmt(r.data.metrics[m]) if m in r.data.metrics else "" for r in found])
+    console.print(table)
+
+
+@app.command()
+def ui(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    port: int = typer.Option(5000, "--port", min=1, max=65535),
+    start: bool = typer.Option(False, "--start", help="Start the MLflow UI instead of printing the command."),
+) -> None:
+    """The MLflow UI command for this config's tracking store (or start it with --start)."""
+    from alignpipe.tracking import ui_command
+
+    cmd = ui_command(_config(preset, config, set_), port)
+    if not start:
+        console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+        return
+    raise typer.Exit(subprocess.call([sys.executable, "-m", *cmd]))
+
+
+def _preset_description(path: Path) -> str:
+    """The first comment line of a preset file, if it starts with one."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+@app.command()
+def presets() -> None:
+    """List the config presets."""
+    names = preset_names()
+    if not names:
+        _fail(f"no presets found in {config_loading.PRESET_DIR}", code=1)
+    table = Table(title="presets")
+    table.add_column("name")
+    table.add_column("description")
+    for n in names:
+        table.add_row(n, _preset_description(config_loading.PRESET_DIR / f"{n}.yaml"))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,66 @@
+"""Where a dataset's rows come from: `<data_dir>/<name>.jsonl` when a data dir is set, else the hub.
+
+The hub is tried only without a data dir, and never when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is
+set: then it counts as unavailable, so the caller can fall back to the built-in set or fail clearly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "ALIGNPIPE_DATA_DIR"
+DATASET_NAMES = ("imdb", "tldr", "tldr_comparisons", "hh_rlhf", "cnn_dailymail", "ultrafeedback")
+
+
+class SourceUnavailable(RuntimeError):
+    """Neither the data dir nor the hub could provide a dataset (the message says why)."""
+
+
+def resolve_data_dir(data_dir: Optional[str | Path]) -> Optional[Path]:
+    """The data dir to read from: the argument (DataConfig.dir), else env ALIGNPIPE_DATA_DIR, else None."""
+    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if chosen is None:
+        return None
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise SourceUnavailable(f"data dir '{path}' is not a directory (from {'DataConfig.dir' if data_dir else DATA_DIR_ENV})")
+    return path
+
+
+def data_dir_file(data_dir: Path, name: str) -> Path:
+    """`<data_dir>/<name>.jsonl`, or SourceUnavailable when the data dir lacks it."""
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset '{name}' (known: {', '.join(DATASET_NAMES)})")
+    path = data_dir / f"{name}.jsonl"
+    if not path.exists():
+        raise SourceUnavailable(f"{path}: not found in data dir (expected {name}.jsonl)")
+    return path
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_rows(repo_id: str, split: str, config: Optional[str] = None, revision: Optional[str] = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows (1-based row number, row) of a hub dataset split; SourceUnavailable when it cannot be loaded."""
+    label = f"{repo_id}{'/' + config if config else ''}[{split}]"
+    if hub_offline():
+        raise SourceUnavailable(f"{label}: the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(repo_id, config, split=split, revision=revision)
+    except Exception as e:  # connection, auth, missing repo: all mean "not available from here"
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SourceUnavailable(f"{label}: cannot load from the hub ({first_line})") from e
+    log.info("loaded %s from the hub: %d rows", label, len(dataset))
+    return enumerate(dataset, start=1)
+
+
+def hub_source_label(repo_id: str, split: str) -> str:
+    """How errors name a hub row's origin: `<repo>[<split>]:<row>`."""
+    return f"{repo_id}[{split}]"

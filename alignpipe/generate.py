@@ -1,0 +1,133 @@
+"""Batched sampling from a causal LM: the workhorse behind preference sampling, evaluation and OOD.
+
+Prompts are sorted by length so each batch carries little padding, left-padded so every row's next
+token sits in the last column, and decoded with the KV cache. The attention mask comes from the
+tokenizer's padding, never from token ids: SmolLM2's pad token *is* its EOS token.
+
+Each batch is seeded from (seed, batch index), so a batch's samples do not depend on what earlier
+batches drew, and the caller's global RNG state is left untouched.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class GenerationResult:
+    texts: list[str]  # completions only (no prompt), in the input order
+    num_new_tokens: list[int]  # tokens generated per prompt, the stopping EOS included
+    tokens_per_s: float  # sum(num_new_tokens) / seconds
+    seconds: float  # wall-clock time of the whole call
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """A 63-bit seed for one batch, derived from (seed, batch index) only."""
+    digest = hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Input indices grouped into batches of similar length, longest first (so memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return [i for i in ids if i is not None]
+
+
+def _sampling_kwargs(temperature: float, top_p: float) -> dict:
+    """Pure temperature / nucleus sampling: every other knob neutral, whatever the model's own defaults."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    neutral = {"repetition_penalty": 1.0, "num_beams": 1}
+    if temperature == 0:
+        return {"do_sample": False, "temperature": 1.0, "top_p": 1.0, **neutral}
+    # top_k=0 switches off the library's default top-k of 50.
+    return {"do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0, **neutral}
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    seed: int = 0,
+    desc: str = "generating",
+    stop_at_eos: bool = True,
+) -> GenerationResult:
+    """Sample one completion per prompt (temperature 0: greedy). Same inputs, batch_size and seed
+    give the same texts. stop_at_eos=False keeps generating to max_new_tokens (for benchmarks)."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
+    start = time.perf_counter()
+    texts: list[str] = [""] * len(prompts)
+    counts: list[int] = [0] * len(prompts)
+    if not prompts:
+        return GenerationResult(texts, counts, 0.0, 0.0)
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token (alignpipe.models.load_tokenizer sets pad = eos)")
+
+    eos_ids = _eos_ids(model, tokenizer)
+    sampling = _sampling_kwargs(temperature, top_p)
+    # An empty EOS list disables stopping; None would be refilled from the model's generation config.
+    stop_ids = eos_ids if stop_at_eos else []
+    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    batches = length_sorted_batches(lengths, batch_size)
+    devices = [model.device] if model.device.type == "cuda" else []
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
+            for batch_index, indices in enumerate(batches):
+                enc = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(batch_seed(seed, batch_index))
+                    out = model.generate(
+                        input_ids=enc["input_ids"],
+                        attention_mask=enc["attention_mask"],
+                        max_new_tokens=max_new_tokens,
+                        eos_token_id=stop_ids,
+                        pad_token_id=tokenizer.pad_token_id,
+                        use_cache=True,
+                        **sampling,
+                    )
+                new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
+                for row, i in zip(new_tokens, indices):
+                    kept = _until_eos(row, eos_ids) if stop_at_eos else row
+                    counts[i] = len(kept)
+                    texts[i] = tokenizer.decode([t for t in kept if t not in eos_ids], skip_special_tokens=True)
+                bar.update(len(indices))
+                bar.set_postfix(tok_s=f"{sum(counts) / (time.perf_counter() - start):.1f}")
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    return GenerationResult(texts, counts, sum(counts) / seconds if seconds > 0 else 0.0, seconds)
+
+
+def _until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:
+    """The generated tokens through the first EOS (HF pads finished rows with pad, which may equal EOS)."""
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: position + 1]
+    return tokens

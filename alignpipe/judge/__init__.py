@@ -1,0 +1,23 @@
+"""Pairwise LLM-judge win rates (the DPO paper's GPT-4 protocol) with cache, retries and cost.
+
+Usage: `make_judge(cfg, cache_dir).judge([Comparison(prompt, policy, baseline), ...])`.
+Backends: `openai` (any OpenAI-compatible endpoint), `reward` (a scalar scorer from
+alignpipe.rewards), `local` (an HF causal LM's next-token odds for "A" vs "B").
+"""
+from alignpipe.judge.backend import JudgeUnavailableError
+from alignpipe.judge.factory import make_judge
+from alignpipe.judge.judge import Judge, describe
+from alignpipe.judge.records import Comparison, JudgeResult, Verdict
+from alignpipe.judge.templates import TEMPLATES, render
+
+__all__ = [
+    "Comparison",
+    "Judge",
+    "JudgeResult",
+    "JudgeUnavailableError",
+    "TEMPLATES",
+    "Verdict",
+    "describe",
+    "make_judge",
+    "render",
+]

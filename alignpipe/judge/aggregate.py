@@ -1,0 +1,55 @@
+"""From verdicts to a win rate: per-item scores, binomial standard error, order disagreement."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from alignpipe.judge.records import JudgeResult, Verdict
+
+
+def item_score(verdicts: list[Verdict]) -> Optional[float]:
+    """Mean of an item's valid verdicts (both orders: 1, 0.5 or 0), None when none is valid."""
+    valid = [v.policy_wins for v in verdicts if v.policy_wins is not None]
+    return sum(valid) / len(valid) if valid else None
+
+
+def win_rate_and_stderr(scores: list[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    """Mean of the valid scores and sqrt(p(1-p)/n), the paper's binomial standard error."""
+    valid = [s for s in scores if s is not None]
+    if not valid:
+        return None, None
+    p = sum(valid) / len(valid)
+    return p, math.sqrt(p * (1.0 - p) / len(valid))
+
+
+def disagreement_rate(per_item: list[list[Verdict]]) -> Optional[float]:
+    """Share of items judged validly in both orders whose two verdicts differ: position bias."""
+    pairs = [(a.policy_wins, b.policy_wins) for a, b in (v for v in per_item if len(v) == 2)]
+    both_valid = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not both_valid:
+        return None
+    return sum(a != b for a, b in both_valid) / len(both_valid)
+
+
+def summarize(verdicts: list[Verdict], verdicts_per_item: int) -> JudgeResult:
+    if verdicts_per_item < 1 or len(verdicts) % verdicts_per_item:
+        raise ValueError(f"{len(verdicts)} verdicts do not split into items of {verdicts_per_item}")
+    per_item = [verdicts[i : i + verdicts_per_item] for i in range(0, len(verdicts), verdicts_per_item)]
+    scores = [item_score(v) for v in per_item]
+    win_rate, stderr = win_rate_and_stderr(scores)
+    fresh = [v for v in verdicts if not v.cached]
+    n_valid = sum(s is not None for s in scores)
+    return JudgeResult(
+        verdicts=verdicts,
+        item_wins=scores,
+        win_rate=win_rate,
+        stderr=stderr,
+        n_valid=n_valid,
+        n_invalid=len(scores) - n_valid,
+        disagreement_rate=disagreement_rate(per_item) if verdicts_per_item == 2 else None,
+        input_tokens=sum(v.input_tokens for v in fresh),
+        output_tokens=sum(v.output_tokens for v in fresh),
+        cost_usd=sum(v.cost_usd for v in fresh),
+        n_cached=len(verdicts) - len(fresh),
+        verdicts_per_item=verdicts_per_item,
+    )

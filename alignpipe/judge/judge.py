@@ -1,0 +1,153 @@
+"""The Judge: decides what to ask (orders, dedup, cache), lets a backend ask it, and sums up.
+
+Every finished judgment goes to the cache the moment it arrives, so an interrupted evaluation
+loses nothing and its rerun asks only for what is missing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from alignpipe.judge.aggregate import summarize
+from alignpipe.judge.backend import Answer, Backend, JudgeUnavailableError, Request
+from alignpipe.judge.cache import VerdictCache, cache_key
+from alignpipe.judge.ordering import ORDERS, POLICY_FIRST, item_order, policy_wins, shown_texts
+from alignpipe.judge.records import Comparison, JudgeResult, Verdict
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One verdict to produce: item `index` shown in `order`."""
+
+    index: int
+    order: str
+    request: Request
+
+
+class Judge:
+    def __init__(
+        self, backend: Backend, cache_dir: Path, *, template: str, both_orders: bool = False, seed: int = 0
+    ) -> None:
+        self.backend = backend
+        self.cache = VerdictCache(Path(cache_dir))
+        self.template = template
+        self.both_orders = both_orders and backend.order_sensitive
+        self.seed = seed
+
+    def scores(self, texts: list[str]) -> list[float]:
+        """Per-text rewards (backend 'reward' only), e.g. for the mean reward of a policy's samples."""
+        scores = getattr(self.backend, "scores", None)
+        if scores is None:
+            raise TypeError(f"Judge.scores needs judge.backend 'reward', this judge uses '{self.backend.name}'")
+        return scores(texts)
+
+    def _orders(self, index: int) -> tuple[str, ...]:
+        if not self.backend.order_sensitive:
+            return (POLICY_FIRST,)
+        if self.both_orders:
+            return ORDERS
+        return (item_order(self.seed, index),)
+
+    def _plan(self, items: list[Comparison]) -> list[_Slot]:
+        slots = []
+        for i, item in enumerate(items):
+            if not isinstance(item, Comparison):
+                raise TypeError(f"Judge.judge: items[{i}] is {type(item).__name__}, expected Comparison")
+            for field in ("prompt", "policy", "baseline"):
+                if not isinstance(getattr(item, field), str):
+                    raise TypeError(f"Judge.judge: items[{i}].{field} must be str")
+            for order in self._orders(i):
+                first, second = shown_texts(order, item.policy, item.baseline)
+                key = cache_key(
+                    self.backend.name, self.backend.model_id, self.template, item.prompt, first, second, order
+                )
+                slots.append(_Slot(i, order, Request(key, item.prompt, first, second)))
+        return slots
+
+    def judge(self, items: list[Comparison], desc: str = "judging") -> JudgeResult:
+        slots = self._plan(items)
+        cached_keys = {s.request.key for s in slots if s.request.key in self.cache}
+        pending = list({s.request.key: s.request for s in slots if s.request.key not in cached_keys}.values())
+        fresh: dict[str, Answer] = {}
+        bar = tqdm(total=len(pending), desc=desc, disable=not pending)
+
+        def on_answer(request: Request, answer: Answer) -> None:
+            self.cache.put(
+                request.key,
+                {
+                    "first_wins": answer.first_wins,
+                    "raw": answer.raw,
+                    "input_tokens": answer.input_tokens,
+                    "output_tokens": answer.output_tokens,
+                    "cost_usd": answer.cost_usd,
+                    "backend": self.backend.name,
+                    "model": self.backend.model_id,
+                    "template": self.template,
+                    "time": time.time(),
+                },
+            )
+            fresh[request.key] = answer
+            bar.update(1)
+            if answer.cost_usd:
+                bar.set_postfix(cost=f"${sum(a.cost_usd for a in fresh.values()):.4f}", refresh=False)
+
+        try:
+            self.backend.answer(pending, on_answer)
+        except JudgeUnavailableError as e:
+            raise JudgeUnavailableError(
+                f"{e}; {len(fresh)} of {len(pending)} new verdicts were saved to {self.cache.path}, rerun to resume"
+            ) from None
+        finally:
+            bar.close()
+        missing = [r.key for r in pending if r.key not in fresh]
+        if missing:
+            raise RuntimeError(f"judge backend '{self.backend.name}' returned no answer for {len(missing)} request(s)")
+        verdicts, paid = [], set()
+        for slot in slots:
+            # An item repeated within one call is asked once and paid once: later copies are "cached".
+            reused = slot.request.key in cached_keys or slot.request.key in paid
+            paid.add(slot.request.key)
+            verdicts.append(self._verdict(slot, fresh, reused))
+        return summarize(verdicts, len(self._orders(0)) if slots else 1)
+
+    def _verdict(self, slot: _Slot, fresh: dict[str, Answer], reused: bool) -> Verdict:
+        key = slot.request.key
+        if reused:
+            rec = self.cache.get(key)
+            assert rec is not None
+            return Verdict(
+                policy_wins=policy_wins(slot.order, rec["first_wins"]),
+                raw=rec["raw"],
+                order=slot.order,
+                cached=True,
+                input_tokens=int(rec.get("input_tokens", 0)),
+                output_tokens=int(rec.get("output_tokens", 0)),
+                cost_usd=0.0,
+            )
+        answer = fresh[key]
+        return Verdict(
+            policy_wins=policy_wins(slot.order, answer.first_wins),
+            raw=answer.raw,
+            order=slot.order,
+            cached=False,
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            cost_usd=answer.cost_usd,
+        )
+
+
+def describe(result: JudgeResult) -> str:
+    """A one-line summary for logs."""
+    rate = "n/a" if result.win_rate is None else f"{result.win_rate:.3f} ± {result.stderr:.3f}"
+    parts = [f"win rate {rate}", f"valid {result.n_valid}", f"invalid {result.n_invalid}", f"cached {result.n_cached}"]
+    if result.disagreement_rate is not None:
+        parts.append(f"order disagreement {result.disagreement_rate:.3f}")
+    if result.cost_usd:
+        parts.append(f"cost ${result.cost_usd:.4f}")
+    return ", ".join(parts)
+
+
+__all__ = ["Judge", "describe"]

@@ -1,0 +1,163 @@
+"""Judging with a chat model behind any OpenAI-compatible endpoint (OpenAI, vLLM, a proxy...).
+
+The openai client's own retries are off (max_retries=0) so that one policy (retry.py) decides:
+it honours Retry-After. When a request exhausts its retries no new request starts (rather than
+each failing slowly on its own), the ones in flight finish and are saved, and the run raises
+JudgeUnavailableError. The API key is read from OPENAI_API_KEY only and never appears in logs,
+errors or repr().
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Coroutine, Optional, TypeVar
+
+import openai
+
+from alignpipe.judge.backend import Answer, JudgeUnavailableError, OnAnswer, Request
+from alignpipe.judge.parsing import parse_choice
+from alignpipe.judge.retry import backoff_delay, is_retryable_status, retry_after_seconds
+from alignpipe.judge.templates import format_reminder, get_template, render
+
+T = TypeVar("T")
+_LETTER_WINS = {"A": 1.0, "B": 0.0}
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, even when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def api_key_from_env() -> str:
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    if not key:
+        raise RuntimeError("judge backend 'openai' needs the OPENAI_API_KEY environment variable (it is not read from config)")
+    return key
+
+
+class OpenAIBackend:
+    name = "openai"
+    order_sensitive = True
+
+    def __init__(
+        self,
+        model: str,
+        template: str,
+        *,
+        base_url: Optional[str] = None,
+        concurrency: int = 8,
+        max_retries: int = 6,
+        timeout_s: float = 60.0,
+        price_per_1k_input: float = 0.0,
+        price_per_1k_output: float = 0.0,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+    ) -> None:
+        get_template(template)
+        if concurrency < 1:
+            raise ValueError(f"judge.concurrency must be >= 1, got {concurrency}")
+        self.model_id = model
+        self.template = template
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self._api_key = api_key_from_env()
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout_s = timeout_s
+        self.price_per_1k_input = price_per_1k_input
+        self.price_per_1k_output = price_per_1k_output
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model_id!r}, base_url={self.base_url!r}, template={self.template!r})"
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url or "https://api.openai.com/v1"
+
+    def answer(self, requests: list[Request], on_answer: OnAnswer) -> None:
+        if requests:
+            run_sync(self._answer_all(requests, on_answer))
+
+    async def _answer_all(self, requests: list[Request], on_answer: OnAnswer) -> None:
+        client = openai.AsyncOpenAI(
+            api_key=self._api_key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
+        )
+        limit = asyncio.Semaphore(self.concurrency)
+        stop = asyncio.Event()
+
+        async def one(request: Request) -> None:
+            try:
+                async with limit:
+                    if stop.is_set():
+                        return
+                    result = await self._judge_one(client, request)
+                on_answer(request, result)
+            except BaseException:
+                stop.set()  # start nothing new; requests in flight still finish and are saved
+                raise
+
+        try:
+            outcomes = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        finally:
+            await client.close()
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
+
+    async def _judge_one(self, client: openai.AsyncOpenAI, request: Request) -> Answer:
+        """Ask once; if the answer has no verdict line, remind the judge of the format once."""
+        messages = [{"role": "user", "content": render(self.template, request.prompt, request.first, request.second)}]
+        text, tokens_in, tokens_out = await self._complete(client, messages)
+        choice = parse_choice(text, self.template)
+        if choice is None:
+            messages += [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": format_reminder(self.template)},
+            ]
+            text, more_in, more_out = await self._complete(client, messages)
+            tokens_in, tokens_out = tokens_in + more_in, tokens_out + more_out
+            choice = parse_choice(text, self.template)
+        cost = tokens_in / 1000.0 * self.price_per_1k_input + tokens_out / 1000.0 * self.price_per_1k_output
+        return Answer(_LETTER_WINS.get(choice or ""), text, tokens_in, tokens_out, cost)
+
+    async def _complete(self, client: openai.AsyncOpenAI, messages: list[dict[str, str]]) -> tuple[str, int, int]:
+        """One chat completion at temperature 0, retried on transient failures: (text, in, out tokens)."""
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                response = await client.chat.completions.create(
+                    model=self.model_id, messages=messages, temperature=0  # type: ignore[arg-type]
+                )
+            except openai.APIStatusError as e:
+                if not is_retryable_status(e.status_code):
+                    raise JudgeUnavailableError(self._fatal_message(e)) from None
+                retry_after = retry_after_seconds(e.response.headers)
+                last_error = f"HTTP {e.status_code}"
+            except openai.APIConnectionError as e:  # includes APITimeoutError
+                last_error = "timeout" if isinstance(e, openai.APITimeoutError) else f"connection error ({e})"
+            else:
+                text = (response.choices[0].message.content or "") if response.choices else ""
+                usage = response.usage
+                return text, (usage.prompt_tokens if usage else 0), (usage.completion_tokens if usage else 0)
+            if attempt < self.max_retries:
+                await asyncio.sleep(backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after))
+        raise JudgeUnavailableError(
+            f"judge endpoint {self.endpoint}: gave up after {self.max_retries + 1} attempts (last: {last_error})"
+        )
+
+    def _fatal_message(self, e: openai.APIStatusError) -> str:
+        if e.status_code in (401, 403):
+            # The server's message may echo part of the key: leave it out.
+            return f"judge endpoint {self.endpoint} rejected OPENAI_API_KEY (HTTP {e.status_code})"
+        detail = str(getattr(e, "message", "") or "")[:300]
+        return f"judge endpoint {self.endpoint}: HTTP {e.status_code} for model '{self.model_id}': {detail}"

@@ -1,0 +1,209 @@
+"""The report's figures, one function per plot, each writing a PNG and returning its path.
+
+Figures are built from `matplotlib.figure.Figure` directly, never through pyplot: no global
+backend is selected, nothing tries to open a display, and concurrent callers share no state.
+Rows arrive already validated by `alignpipe.report`; missing values (None/NaN) are skipped here.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from matplotlib.figure import Figure
+
+DPI = 120
+# One colour per series, stable across figures so "sft" is the same colour everywhere.
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+PAPER_COLOURS = {"DPO": "#7f7f7f", "PPO": "#c7c7c7"}
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Win rate against sampling temperature, one line per baseline, +-1 stderr bars, a 0.5 line."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    baselines = list(dict.fromkeys(r["baseline"] for r in rows))
+    for i, baseline in enumerate(baselines):
+        pts = sorted(
+            (r["temperature"], r["win_rate"], r["stderr"] if is_number(r["stderr"]) else 0.0)
+            for r in rows
+            if r["baseline"] == baseline and is_number(r["win_rate"])
+        )
+        if not pts:
+            continue
+        t, wr, se = zip(*pts)
+        ax.errorbar(t, wr, yerr=se, marker="o", capsize=4, color=_colour(i), label=f"DPO vs {baseline}")
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="tie (0.5)")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("sampling temperature")
+    ax.set_ylabel("win rate (judge)")
+    ax.set_title("DPO win rate vs temperature (error bars: ±1 stderr)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def reward_vs_kl(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """The reward/KL frontier: mean reward against KL(policy || reference), points labelled by T."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    for i, policy in enumerate(policies):
+        pts = sorted(
+            (r["kl"], r["mean_reward"], r["reward_stderr"] if is_number(r["reward_stderr"]) else 0.0, r["temperature"])
+            for r in rows
+            if r["policy"] == policy and is_number(r["kl"]) and is_number(r["mean_reward"])
+        )
+        if not pts:
+            continue
+        kl, reward, se, temps = zip(*pts)
+        ax.errorbar(kl, reward, yerr=se, fmt="o", capsize=3, color=_colour(i), label=policy.upper())
+        for x, y, t in zip(kl, reward, temps):
+            ax.annotate(f"T={t:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("KL(policy ‖ reference), nats per sequence")
+    ax.set_ylabel("mean reward")
+    ax.set_title("Reward vs KL frontier (up and to the left is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return _save(fig, path)
+
+
+def series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in history if is_number(r.get("step")) and is_number(r.get(key))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` points: shows the trend of a noisy per-step curve."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _plot_curve(ax, steps: list[float], values: list[float], colour: str, label: str) -> None:
+    """Raw values faintly, plus a smoothed line once there are enough points for noise to matter."""
+    if len(values) >= 20:
+        ax.plot(steps, values, color=colour, alpha=0.25, linewidth=1)
+        ax.plot(steps, moving_average(values, max(5, len(values) // 20)), color=colour, label=f"{label} (smoothed)")
+    else:
+        ax.plot(steps, values, color=colour, marker="o", markersize=3, label=label)
+
+
+DPO_PANELS: tuple[tuple[str, tuple[str, ...], Optional[float]], ...] = (
+    # (title, history keys drawn in it, reference line)
+    ("DPO loss", ("loss",), None),  # its reference line is the loss at step 0, passed in
+    ("reward margin (chosen − rejected)", ("rewards/margins",), 0.0),
+    ("reward accuracy", ("rewards/accuracies",), 0.5),
+    ("implicit rewards", ("rewards/chosen", "rewards/rejected"), 0.0),
+)
+
+
+def present_panels(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, tuple[str, ...], Optional[float]]]:
+    return [p for p in DPO_PANELS if any(series(history, k)[0] for k in p[1])]
+
+
+def dpo_training_curves(
+    history: Sequence[Mapping[str, Any]], path: Path, loss_at_start: Optional[float] = None
+) -> Path:
+    """Loss, reward margin, reward accuracy and chosen/rejected rewards per optimizer step.
+
+    `loss_at_start` (the loss while policy == reference, e.g. log 2 for sigmoid DPO) is drawn as a
+    dotted line on the loss panel, so "has it moved at all" is visible at a glance.
+    """
+    panels = present_panels(history)
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(6.0 * cols, 3.4 * rows))
+    for i, (title, keys, ref) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for j, key in enumerate(keys):
+            steps, values = series(history, key)
+            if steps:
+                _plot_curve(ax, steps, values, _colour(j), key.split("/")[-1])
+        if keys == ("loss",):
+            if loss_at_start is not None:
+                ax.axhline(loss_at_start, color="black", linestyle=":", linewidth=1, label="at start (policy = reference)")
+        elif ref is not None:
+            ax.axhline(ref, color="black", linestyle=":", linewidth=1)
+        if keys == ("rewards/accuracies",):
+            ax.set_ylim(0.0, 1.05)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+SFT_LOSS_KEYS = ("loss", "eval/loss")
+
+
+def sft_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """SFT cross-entropy per step (and held-out loss where it was logged)."""
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    for j, key in enumerate(SFT_LOSS_KEYS):
+        steps, values = series(history, key)
+        if steps:
+            _plot_curve(ax, steps, values, _colour(j), "train loss" if key == "loss" else "held-out loss")
+    ax.set_title("SFT loss (token cross-entropy)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def ood_vs_paper(
+    rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Mapping[float, float]], path: Path
+) -> Path:
+    """Grouped bars per temperature: our OOD win rate(s) next to the paper's DPO and PPO numbers."""
+    temps = sorted({r["temperature"] for r in rows} | {t for by_t in paper.values() for t in by_t})
+    ours = list(dict.fromkeys(r["baseline"] for r in rows))
+    series: list[tuple[str, str, list[Optional[float]], Optional[list[float]]]] = []
+    for i, baseline in enumerate(ours):
+        by_t = {r["temperature"]: r for r in rows if r["baseline"] == baseline}
+        values = [by_t[t]["win_rate"] if t in by_t and is_number(by_t[t]["win_rate"]) else None for t in temps]
+        errors = [by_t[t]["stderr"] if t in by_t and is_number(by_t[t]["stderr"]) else 0.0 for t in temps]
+        series.append((f"ours (DPO vs {baseline})", _colour(i), values, errors))
+    for method, by_t in paper.items():
+        series.append((f"paper {method}", PAPER_COLOURS.get(method, "#aaaaaa"), [by_t.get(t) for t in temps], None))
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for k, (label, colour, values, errors) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(temps))]
+        shown = [(x, v, e) for x, v, e in zip(xs, values, errors or [0.0] * len(xs)) if v is not None]
+        if not shown:
+            continue
+        x, v, e = zip(*shown)
+        bars = ax.bar(x, v, width=width, yerr=e if errors else None, capsize=3, color=colour, label=label,
+                      edgecolor="black", linewidth=0.5)
+        ax.bar_label(bars, labels=[f"{val:.2f}" for val in v], fontsize=8, padding=2)
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
+    ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("win rate (judge)")
+    ax.set_title("CNN/DailyMail (out of distribution) vs the DPO paper's Table 1")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+

@@ -1,0 +1,66 @@
+"""preference_loss against hand computation, and its gradient against the paper's form."""
+import math
+
+import pytest
+import torch
+
+from alignpipe.dpo import preference_loss
+
+PC, PR, RC, RR = -10.0, -12.0, -11.0, -11.5  # h = (PC-RC) - (PR-RR) = 1 - (-0.5) = 1.5
+H = 1.5
+
+
+def _t(*xs):
+    return [torch.tensor([x], dtype=torch.float64, requires_grad=True) for x in xs]
+
+
+def _sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+@pytest.mark.parametrize(
+    "loss_type, beta, eps, expected",
+    [
+        ("sigmoid", 0.1, 0.0, -math.log(_sig(0.1 * H))),
+        ("cdpo", 0.5, 0.2, -0.8 * math.log(_sig(0.5 * H)) - 0.2 * math.log(_sig(-0.5 * H))),
+        ("ipo", 0.1, 0.0, (H - 1 / 0.2) ** 2),
+        ("hinge", 0.5, 0.0, max(0.0, 1 - 0.5 * H)),
+        ("hinge", 1.0, 0.0, 0.0),
+    ],
+)
+def test_loss_values_by_hand(loss_type, beta, eps, expected):
+    losses, rc, rr = preference_loss(*_t(PC, PR, RC, RR), beta=beta, loss_type=loss_type, label_smoothing=eps)
+    assert losses.item() == pytest.approx(expected, rel=1e-9)
+    assert rc.item() == pytest.approx(beta * (PC - RC)) and rr.item() == pytest.approx(beta * (PR - RR))
+    assert not rc.requires_grad and not rr.requires_grad
+
+
+def test_gradient_is_the_papers_weighting():
+    """dL/dlogpi(y_w) = -beta * sigma(r_rejected - r_chosen), dL/dlogpi(y_l) = +beta * sigma(...)."""
+    beta = 0.3
+    pc, pr, rc, rr = _t(PC, PR, RC, RR)
+    losses, r_c, r_r = preference_loss(pc, pr, rc, rr, beta=beta)
+    losses.sum().backward()
+    weight = torch.sigmoid(r_r - r_c).item()
+    assert pc.grad.item() == pytest.approx(-beta * weight, rel=1e-9)
+    assert pr.grad.item() == pytest.approx(beta * weight, rel=1e-9)
+
+
+def test_label_smoothing_zero_equals_plain_dpo():
+    a = preference_loss(*_t(PC, PR, RC, RR), loss_type="sigmoid")[0]
+    b = preference_loss(*_t(PC, PR, RC, RR), loss_type="cdpo", label_smoothing=0.0)[0]
+    assert torch.equal(a, b)
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="loss_type"):
+        preference_loss(*_t(PC, PR, RC, RR), loss_type="kto")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        preference_loss(*_t(PC, PR, RC, RR), loss_type="ipo", label_smoothing=0.1)
+
+
+def test_batched_shapes():
+    n = 5
+    args = [torch.randn(n) for _ in range(4)]
+    losses, rc, rr = preference_loss(*args)
+    assert losses.shape == rc.shape == rr.shape == (n,)

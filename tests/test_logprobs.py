@@ -1,0 +1,100 @@
+"""Chunked selective log-softmax and prefix-shared scoring agree with the naive computations."""
+import pytest
+import torch
+
+from alignpipe.batching import collate_concatenated, collate_prefix_shared
+from alignpipe.dpo import pair_logps
+from alignpipe.dpo.scoring import pair_collator
+from alignpipe.logprobs import SequenceScorer, naive_selective_log_softmax, selective_log_softmax
+from alignpipe.tokenization import tokenize_pairs
+
+RECORDS = [
+    {"prompt": "The movie was", "chosen": " great fun, I loved every minute of it!", "rejected": " awful."},
+    {"prompt": "A long prompt about a film that I saw yesterday at the", "chosen": " cinema.", "rejected": " old theatre downtown with friends"},
+    {"prompt": "Plot:", "chosen": " a heist goes wrong", "rejected": " two friends drift apart over a summer"},
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_chunked_matches_naive_values_and_grads(chunk):
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(5000, 16, requires_grad=True)
+    t = torch.randint(0, 5000, (37,))
+    fast = selective_log_softmax(h, w, t, chunk=chunk)
+    slow = naive_selective_log_softmax(h, w, t)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    g = torch.randn(37)
+    gh_fast, gw_fast = torch.autograd.grad((fast * g).sum(), (h, w))
+    gh_slow, gw_slow = torch.autograd.grad((slow * g).sum(), (h, w))
+    assert torch.allclose(gh_fast, gh_slow, atol=1e-5) and torch.allclose(gw_fast, gw_slow, atol=1e-5)
+
+
+def test_gradcheck_float64():
+    h = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 50, (9,))
+    assert torch.autograd.gradcheck(lambda a, b: selective_log_softmax(a, b, t, chunk=4), (h, w))
+
+
+def _naive_sequence_logps(model, prompt, completion):
+    ids = torch.tensor([prompt + completion])
+    logits = model(ids).logits.float().log_softmax(-1)[0]
+    return sum(logits[len(prompt) - 1 + j, tok] for j, tok in enumerate(completion))
+
+
+def test_prefix_shared_equals_separate_forwards(tiny_model, smol_tokenizer):
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS, max_length=64, max_prompt_length=32)
+    scorer = SequenceScorer(tiny_model)
+    with torch.no_grad():
+        shared = scorer(collate_prefix_shared(pairs, smol_tokenizer.pad_token_id))
+        concat = scorer(collate_concatenated(pairs, smol_tokenizer.pad_token_id))
+        naive = torch.stack(
+            [_naive_sequence_logps(tiny_model, p.prompt, p.chosen) for p in pairs]
+            + [_naive_sequence_logps(tiny_model, p.prompt, p.rejected) for p in pairs]
+        )
+    assert torch.allclose(shared, naive, atol=1e-4)
+    assert torch.allclose(concat, naive, atol=1e-4)
+
+
+def test_prefix_shared_gradients_match(tiny_model, smol_tokenizer):
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS, max_length=64, max_prompt_length=32)
+    scorer = SequenceScorer(tiny_model)
+    grads = []
+    for collate in (collate_prefix_shared, collate_concatenated):
+        tiny_model.zero_grad()
+        scorer(collate(pairs, smol_tokenizer.pad_token_id)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in tiny_model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
+
+
+def test_pair_logps_in_input_order(tiny_model, smol_tokenizer):
+    kw = dict(max_length=64, max_prompt_length=32, batch_size=2)
+    chosen, rejected = pair_logps(tiny_model, smol_tokenizer, RECORDS, **kw)
+    assert chosen.shape == rejected.shape == (3,)
+    c_rev, r_rev = pair_logps(tiny_model, smol_tokenizer, RECORDS[::-1], **kw)
+    assert torch.allclose(chosen, c_rev.flip(0), atol=1e-5) and torch.allclose(rejected, r_rev.flip(0), atol=1e-5)
+    off = pair_logps(tiny_model, smol_tokenizer, RECORDS, prefix_sharing="off", **kw)
+    assert torch.allclose(chosen, off[0], atol=1e-4)
+
+
+def test_falls_back_to_concatenated_without_4d_mask_support(tiny_model, smol_tokenizer, monkeypatch):
+    import alignpipe.dpo.scoring as scoring
+
+    monkeypatch.setattr(scoring, "can_take_4d_mask", lambda m: False)
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS, max_length=64, max_prompt_length=32)
+    batch = pair_collator(tiny_model, smol_tokenizer.pad_token_id, "auto")(pairs)
+    assert batch.attention_mask.dim() == 2 and batch.input_ids.shape[0] == 2 * len(pairs)
+    with pytest.raises(ValueError, match="prefix_sharing"):
+        pair_collator(tiny_model, smol_tokenizer.pad_token_id, "on")
+
+
+def test_eager_attention_takes_the_shared_mask(tiny_model_dir, smol_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    eager = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="eager").eval()
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS, max_length=64, max_prompt_length=32)
+    with torch.no_grad():
+        shared = SequenceScorer(eager)(collate_prefix_shared(pairs, smol_tokenizer.pad_token_id))
+        concat = SequenceScorer(eager)(collate_concatenated(pairs, smol_tokenizer.pad_token_id))
+    assert torch.allclose(shared, concat, atol=1e-4)
