@@ -12,11 +12,14 @@ SCRIPT = Path(__file__).parent / "scripts" / "train_dpo_tiny.py"
 
 def _launch(n_proc: int, micro: int, model_dir: Path, out: Path) -> dict:
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(n_proc),
+        sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if n_proc > 1 else ["--cpu"]),
+        "--num_processes", str(n_proc),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(29500 + os.getpid() % 1000 + n_proc),
         str(SCRIPT), str(model_dir), str(micro), str(out),
     ]  # fmt: skip
+    # `--cpu` alone runs one process (it expects mpirun); `--multi_gpu` starts torchrun workers, and
+    # on a machine without CUDA the loop's Accelerator(cpu=True) joins them over gloo.
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
