@@ -20,9 +20,8 @@ from alignpipe.judge.records import Comparison, JudgeResult, Verdict
 
 @dataclass(frozen=True)
 class _Slot:
-    """One verdict to produce: item `index` shown in `order`."""
+    """One verdict to produce: an item shown in `order`."""
 
-    index: int
     order: str
     request: Request
 
@@ -64,7 +63,7 @@ class Judge:
                 key = cache_key(
                     self.backend.name, self.backend.model_id, self.template, item.prompt, first, second, order
                 )
-                slots.append(_Slot(i, order, Request(key, item.prompt, first, second)))
+                slots.append(_Slot(order, Request(key, item.prompt, first, second)))
         return slots
 
     def judge(self, items: list[Comparison], desc: str = "judging") -> JudgeResult:
@@ -72,6 +71,7 @@ class Judge:
         cached_keys = {s.request.key for s in slots if s.request.key in self.cache}
         pending = list({s.request.key: s.request for s in slots if s.request.key not in cached_keys}.values())
         fresh: dict[str, Answer] = {}
+        spent = [0.0]
         bar = tqdm(total=len(pending), desc=desc, disable=not pending)
 
         def on_answer(request: Request, answer: Answer) -> None:
@@ -92,7 +92,8 @@ class Judge:
             fresh[request.key] = answer
             bar.update(1)
             if answer.cost_usd:
-                bar.set_postfix(cost=f"${sum(a.cost_usd for a in fresh.values()):.4f}", refresh=False)
+                spent[0] += answer.cost_usd
+                bar.set_postfix(cost=f"${spent[0]:.4f}", refresh=False)
 
         try:
             self.backend.answer(pending, on_answer)

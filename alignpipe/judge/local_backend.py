@@ -84,7 +84,8 @@ class LocalLMBackend:
         for start in tqdm(starts, desc="local judge batches", leave=False, disable=len(starts) < 2):
             batch = requests[start : start + self.batch_size]
             enc = self._tokenizer([self.judge_text(r) for r in batch], return_tensors="pt", padding=True).to(device)
-            # Left padding: positions must restart at each row's first real token.
+            # Left padding: positions restart at each row's first real token (RoPE would not care,
+            # absolute-position models do).
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
                 logits = self._model(**enc, position_ids=positions).logits[:, -1, :].float()

@@ -1,7 +1,7 @@
 """The judge's public data: what goes in (Comparison), what comes out (Verdict, JudgeResult)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
@@ -42,7 +42,6 @@ class JudgeResult:
     """
 
     verdicts: list[Verdict]
-    item_wins: list[Optional[float]]  # per item; None: no valid verdict
     win_rate: Optional[float]
     stderr: Optional[float]
     n_valid: int
@@ -52,6 +51,7 @@ class JudgeResult:
     output_tokens: int
     cost_usd: float
     n_cached: int
+    item_wins: list[Optional[float]] = field(default_factory=list)  # per item; None: no valid verdict
     verdicts_per_item: int = 1
 
     def by_item(self) -> list[list[Verdict]]:

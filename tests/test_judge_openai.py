@@ -1,0 +1,182 @@
+"""The openai backend end to end, against a real local HTTP server with scripted faults."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from alignpipe.judge import Comparison, JudgeUnavailableError, make_judge
+from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST
+from fake_openai_server import FakeOpenAIServer
+from pipeline_config.schema import JudgeConfig
+
+PRICE_IN, PRICE_OUT = 0.5, 2.0  # $ per 1k tokens: large, so cost errors show
+
+
+@pytest.fixture(autouse=True)
+def api_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer() as s:
+        yield s
+
+
+def judge_for(base_url, cache_dir, **overrides):
+    settings = dict(
+        backend="openai",
+        model="judge-model",
+        base_url=base_url,
+        template="summarization",
+        concurrency=4,
+        max_retries=3,
+        timeout_s=5.0,
+        price_per_1k_input=PRICE_IN,
+        price_per_1k_output=PRICE_OUT,
+    )
+    cfg = JudgeConfig(**{**settings, **overrides})
+    return make_judge(cfg, cache_dir, backoff_base_s=0.001, backoff_max_s=0.01)
+
+
+def items(n, marker="", start=0):
+    """Even items: the policy's summary is the GOOD one; odd items: the baseline's."""
+    out = []
+    for i in range(start, start + n):
+        good_policy = i % 2 == 0
+        out.append(
+            Comparison(
+                prompt=f"SUBREDDIT: r/test\n\nTITLE: t{i}\n\nPOST: post number {i} {marker}\n\nTL;DR:",
+                policy=f"policy summary {i}" + (" GOOD" if good_policy else ""),
+                baseline=f"baseline summary {i}" + ("" if good_policy else " GOOD"),
+            )
+        )
+    return out
+
+
+def expected_wins(batch):
+    return [1.0 if "GOOD" in c.policy else 0.0 for c in batch]
+
+
+def test_every_item_judged_once_and_a_rerun_is_free(server, tmp_path):
+    batch = items(12)
+    result = judge_for(server.base_url, tmp_path).judge(batch)
+    assert result.item_wins == expected_wins(batch)  # the A/B order is mapped back correctly
+    assert {v.order for v in result.verdicts} == {POLICY_FIRST, BASELINE_FIRST}
+    assert (result.n_valid, result.n_invalid, result.n_cached) == (12, 0, 0)
+    assert result.win_rate == 0.5 and result.stderr == pytest.approx((0.25 / 12) ** 0.5)
+    assert server.n_requests == 12 and set(server.requests_by_key.values()) == {1}
+    assert all(b["model"] == "judge-model" and b["temperature"] == 0 for b in server.seen)
+    assert (result.input_tokens, result.output_tokens) == (server.prompt_tokens, server.completion_tokens)
+    assert result.cost_usd == pytest.approx(server.prompt_tokens / 1000 * PRICE_IN + server.completion_tokens / 1000 * PRICE_OUT)
+    assert result.cost_usd > 0
+
+    again = judge_for(server.base_url, tmp_path).judge(batch)
+    assert server.n_requests == 12  # nothing asked twice
+    assert again.item_wins == result.item_wins and again.n_cached == 12 and all(v.cached for v in again.verdicts)
+    assert (again.cost_usd, again.input_tokens, again.output_tokens) == (0.0, 0, 0)
+
+
+def test_a_new_seed_reorders_and_is_asked_afresh(server, tmp_path):
+    batch = items(8)
+    first = judge_for(server.base_url, tmp_path, seed=0).judge(batch)
+    second = judge_for(server.base_url, tmp_path, seed=1).judge(batch)
+    flipped = sum(a.order != b.order for a, b in zip(first.verdicts, second.verdicts))
+    assert flipped > 0 and second.n_cached == 8 - flipped
+    assert server.n_requests == 8 + flipped
+    assert second.item_wins == first.item_wins == expected_wins(batch)
+
+
+def test_transient_faults_are_retried(tmp_path):
+    faulty = items(1, "[[429-once]]") + items(1, "[[500-once]]", start=1) + items(1, "[[slow-once]]", start=2)
+    batch = faulty + items(3, start=3)
+    with FakeOpenAIServer(slow_s=1.0) as server:
+        result = judge_for(server.base_url, tmp_path, timeout_s=0.3).judge(batch)
+    assert result.item_wins == expected_wins(batch) and result.n_invalid == 0
+    assert sorted(server.requests_by_key.values()) == [1, 1, 1, 2, 2, 2]
+
+
+def test_malformed_answers_get_one_retry_then_count_invalid(server, tmp_path):
+    once, always = items(1, "[[malformed-once]]"), items(1, "[[malformed-always]]", start=1)
+    batch = once + always + items(4, start=2)
+    result = judge_for(server.base_url, tmp_path).judge(batch)
+    assert result.item_wins == [1.0, None, 1.0, 0.0, 1.0, 0.0]
+    assert (result.n_valid, result.n_invalid) == (5, 1)
+    assert result.win_rate == pytest.approx(3 / 5)  # the invalid item is not in the denominator
+    assert sorted(server.requests_by_key.values()) == [1, 1, 1, 1, 2, 2]
+    retried = [b for b in server.seen if len(b["messages"]) == 3]
+    assert len(retried) == 2 and all("Preferred: A" in b["messages"][2]["content"] for b in retried)
+    # The retry's tokens are billed too.
+    assert result.input_tokens == server.prompt_tokens
+    # A settled invalid verdict is not paid for again.
+    again = judge_for(server.base_url, tmp_path).judge(batch)
+    assert again.n_invalid == 1 and server.n_requests == 8
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_dead_server_loses_nothing_and_the_rerun_asks_only_the_rest(tmp_path, concurrency):
+    batch = items(12)
+    with FakeOpenAIServer(answer_limit=5) as dying:
+        with pytest.raises(JudgeUnavailableError, match=r"gave up after 4 attempts.*5 of 12 new verdicts were saved.*rerun to resume"):
+            judge_for(dying.base_url, tmp_path, concurrency=concurrency).judge(batch)
+    cache_lines = (tmp_path / "verdicts.jsonl").read_text().splitlines()
+    assert len(cache_lines) == 5 and all(json.loads(line)["first_wins"] is not None for line in cache_lines)
+
+    with FakeOpenAIServer() as fresh:
+        result = judge_for(fresh.base_url, tmp_path, concurrency=concurrency).judge(batch)
+    assert fresh.n_requests == 7 and result.n_cached == 5
+    assert result.item_wins == expected_wins(batch)
+    answered = dying.answers_by_key + fresh.answers_by_key
+    assert len(answered) == 12 and set(answered.values()) == {1}  # each judgment paid exactly once
+
+
+def test_both_orders_reports_position_bias(server, tmp_path):
+    fair = [Comparison(f"POST: fair {i}\n\nTL;DR:", f"policy {i} GOOD", f"baseline {i}") for i in range(4)]
+    biased = [Comparison(f"POST: biased {i} [[always-A]]\n\nTL;DR:", f"policy {i} GOOD", f"baseline {i}") for i in range(2)]
+    result = judge_for(server.base_url, tmp_path, both_orders=True).judge(fair + biased)
+    assert server.n_requests == 12 and len(result.verdicts) == 12
+    assert [[v.order for v in pair] for pair in result.by_item()] == [[POLICY_FIRST, BASELINE_FIRST]] * 6
+    assert result.item_wins == [1.0] * 4 + [0.5] * 2
+    assert result.disagreement_rate == pytest.approx(2 / 6)
+    assert result.win_rate == pytest.approx(5 / 6)
+
+
+def test_concurrency_is_bounded(tmp_path):
+    with FakeOpenAIServer(delay_s=0.1) as server:
+        judge_for(server.base_url, tmp_path, concurrency=3).judge(items(9))
+    assert server.max_in_flight == 3
+
+
+def test_dialogue_template_env_base_url_and_a_running_event_loop(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    judge = judge_for(None, tmp_path, template="dialogue")
+    batch = [
+        Comparison("\n\nHuman: how do I boil an egg?\n\nAssistant:", "Boil it 8 minutes. GOOD", "No idea."),
+        Comparison("\n\nHuman: and a potato?\n\nAssistant:", "Hmm.", "About 20 minutes. GOOD"),
+    ]
+
+    async def inside_a_loop():
+        return judge.judge(batch)
+
+    result = asyncio.run(inside_a_loop())
+    assert result.item_wins == [1.0, 0.0]
+    assert all("More helpful: <" in b["messages"][0]["content"] for b in server.seen)
+
+
+def test_missing_api_key_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
+        judge_for("http://127.0.0.1:9/v1", tmp_path)
+
+
+def test_a_rejected_key_fails_fast_without_echoing_it(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    judge = judge_for(server.base_url, tmp_path)
+    assert "sk-secret-value" not in repr(judge.backend)
+    with pytest.raises(JudgeUnavailableError) as err:
+        judge.judge(items(6))
+    assert "rejected OPENAI_API_KEY (HTTP 401)" in str(err.value) and "secret" not in str(err.value)
+    assert not (tmp_path / "verdicts.jsonl").exists() or not (tmp_path / "verdicts.jsonl").read_text()

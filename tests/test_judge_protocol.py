@@ -1,0 +1,140 @@
+"""The judge's pure parts: prompts, verdict parsing, order coin, aggregation, retry waits, cache file."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from alignpipe.judge.aggregate import summarize
+from alignpipe.judge.cache import VerdictCache, cache_key
+from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST, item_order, policy_wins, shown_texts
+from alignpipe.judge.parsing import parse_choice
+from alignpipe.judge.records import Verdict
+from alignpipe.judge.retry import backoff_delay, is_retryable_status, retry_after_seconds
+from alignpipe.judge.templates import TEMPLATES, judge_query, render
+
+
+def test_templates_match_judge_config_names():
+    from pipeline_config.schema import JudgeConfig
+
+    names = set(JudgeConfig.model_fields["template"].annotation.__args__)
+    assert names == set(TEMPLATES)
+
+
+def test_prompts_carry_the_papers_wording():
+    s = render("summarization", "SUBREDDIT: r/x\n\nTITLE: t\n\nPOST: my post\n\nTL;DR:", " first ", "second")
+    assert s.startswith(
+        "Which of the following summaries does a better job of summarizing the most important points in the given forum post?\n"
+    )
+    assert "Post:\nmy post\n\nSummary A:\nfirst\n\nSummary B:\nsecond\n\n" in s
+    assert s.endswith('Comparison: <one-sentence comparison and explanation>\nPreferred: <"A" or "B">')
+    c = render("concise", "a post", "x", "y")
+    assert "forum post, without including unimportant or irrelevant details? A good summary is both precise and concise." in c
+    n = render("news", "an article", "x", "y")
+    assert "given news article, without including unimportant" in n and "forum post" not in n
+    d = render("dialogue", "\n\nHuman: how do I boil an egg?\n\nAssistant:", "x", "y")
+    assert d.startswith("For the following query to a chatbot, which response is more helpful?")
+    assert "Response A:\nx" in d and "explain which you feel is more helpful" in d
+    assert d.endswith('More helpful: <"A" or "B">') and not d.count("Assistant:")
+
+
+def test_judge_query_keeps_unmarked_prompts_whole():
+    assert judge_query("summarization", "  just text  ") == "just text"
+    assert judge_query("news", "Article body\nTL;DR:") == "Article body"
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Comparison: A is tighter.\nPreferred: A", "A"),
+        ('Comparison: x\n\n  Preferred: "B"  \n\n', "B"),
+        ("Comparison: x\npreferred:b.", "B"),
+        ("Comparison: x\n**Preferred:** A", "A"),
+        ("Comparison: x\nPreferred: \u201cA\u201d", "A"),
+        ("Preferred: A\nActually I am unsure.", None),  # only the last line counts
+        ("Comparison: B is better", None),
+        ("Comparison: x\nPreferred: A or B", None),
+        ("Comparison: x\nMore helpful: A", None),  # the other template's key
+        ("", None),
+    ],
+)
+def test_parse_choice_reads_only_the_final_line(answer, expected):
+    assert parse_choice(answer, "summarization") == expected
+
+
+def test_parse_choice_uses_the_dialogue_key():
+    assert parse_choice("Comparison: x\nMore helpful: 'B'", "dialogue") == "B"
+    assert parse_choice("Comparison: x\nPreferred: B", "dialogue") is None
+
+
+def test_order_is_seeded_per_item_and_balanced():
+    orders = [item_order(0, i) for i in range(400)]
+    assert orders == [item_order(0, i) for i in range(400)]
+    assert 150 < orders.count(POLICY_FIRST) < 250
+    assert orders != [item_order(1, i) for i in range(400)]
+    assert shown_texts(BASELINE_FIRST, "p", "b") == ("b", "p")
+    assert policy_wins(BASELINE_FIRST, 1.0) == 0.0 and policy_wins(POLICY_FIRST, 0.5) == 0.5
+    assert policy_wins(BASELINE_FIRST, None) is None
+
+
+def _v(win, cached=False, tokens=(10, 2), cost=0.1, order=POLICY_FIRST):
+    return Verdict(win, "raw", order, cached, tokens[0], tokens[1], cost)
+
+
+def test_summarize_excludes_invalid_and_counts_only_fresh_spend():
+    r = summarize([_v(1.0), _v(0.0, cached=True), _v(None), _v(1.0)], 1)
+    assert (r.n_valid, r.n_invalid, r.n_cached) == (3, 1, 1)
+    assert r.win_rate == pytest.approx(2 / 3)
+    assert r.stderr == pytest.approx(math.sqrt(2 / 3 * 1 / 3 / 3))
+    assert (r.input_tokens, r.output_tokens, r.cost_usd) == (30, 6, pytest.approx(0.3))
+    assert r.metrics("judge/")["judge/n_invalid"] == 1.0 and "judge/disagreement_rate" not in r.metrics("judge/")
+    assert summarize([_v(None)], 1).win_rate is None
+
+
+def test_summarize_both_orders_averages_and_measures_disagreement():
+    pairs = [(1.0, 1.0), (1.0, 0.0), (0.0, 0.0), (None, 1.0), (None, None)]
+    verdicts = [_v(x, order=POLICY_FIRST) if j == 0 else _v(x, order=BASELINE_FIRST) for p in pairs for j, x in enumerate(p)]
+    r = summarize(verdicts, 2)
+    assert r.item_wins == [1.0, 0.5, 0.0, 1.0, None]
+    assert r.win_rate == pytest.approx(2.5 / 4) and (r.n_valid, r.n_invalid) == (4, 1)
+    assert r.disagreement_rate == pytest.approx(1 / 3)  # over the 3 items valid in both orders
+    assert [len(v) for v in r.by_item()] == [2] * 5
+
+
+def test_retry_policy():
+    assert all(is_retryable_status(s) for s in (408, 409, 429, 500, 503))
+    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 422))
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
+    assert retry_after_seconds({}) is None and retry_after_seconds({"retry-after": "soon"}) is None
+    rng = random.Random(0)
+    waits = [backoff_delay(a, 1.0, 10.0, rng) for a in range(6)]
+    assert all(0.5 * min(10, 2**a) <= w <= min(10, 2**a) for a, w in enumerate(waits))
+    assert backoff_delay(5, 1.0, 10.0, rng, retry_after=42.0) == 42.0
+
+
+def test_cache_key_covers_every_part():
+    base = ("openai", "gpt-4o", "summarization", "p", "a", "b", POLICY_FIRST)
+    keys = {cache_key(*base)}
+    for i, changed in enumerate(["reward", "gpt-4", "concise", "q", "c", "d", BASELINE_FIRST]):
+        keys.add(cache_key(*base[:i], changed, *base[i + 1 :]))
+    assert len(keys) == 8
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+    cache = VerdictCache(tmp_path)
+    cache.put("k1", {"first_wins": 1.0, "raw": "Preferred: A"})
+    cache.put("k2", {"first_wins": None, "raw": "?"})
+    with open(cache.path, "ab") as f:
+        f.write(b'{"key": "k3", "first_wi')  # a crash mid-write
+    reopened = VerdictCache(tmp_path)
+    assert reopened.n_torn == 1 and len(reopened) == 2 and "k3" not in reopened
+    assert reopened.get("k2")["first_wins"] is None
+    reopened.put("k3", {"first_wins": 0.0, "raw": "Preferred: B"})
+    again = VerdictCache(tmp_path)
+    assert len(again) == 3 and again.get("k3")["first_wins"] == 0.0
+    lines = cache.path.read_text().splitlines()
+    assert json.loads(lines[-1])["key"] == "k3"
