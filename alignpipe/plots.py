@@ -49,6 +49,10 @@ def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Pa
         ax.errorbar(t, wr, yerr=se, marker="o", capsize=4, color=_colour(i), label=f"DPO vs {baseline}")
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="tie (0.5)")
     ax.set_ylim(0.0, 1.0)
+    # A fixed 0..1 span (widened when needed) keeps plots from different runs comparable and a
+    # single temperature from being blown up into a meaningless axis.
+    temps = [r["temperature"] for r in rows]
+    ax.set_xlim(min(0.0, *temps) - 0.05, max(1.0, *temps) + 0.05)
     ax.set_xlabel("sampling temperature")
     ax.set_ylabel("win rate (judge)")
     ax.set_title("DPO win rate vs temperature (error bars: ±1 stderr)")
@@ -152,7 +156,7 @@ def dpo_training_curves(
     return _save(fig, path)
 
 
-SFT_LOSS_KEYS = ("loss", "eval/loss")
+SFT_LOSS_KEYS = ("loss", "eval_loss", "eval/loss")  # train loss, then held-out loss as either spelling
 
 
 def sft_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Path:
@@ -162,7 +166,7 @@ def sft_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Pat
     for j, key in enumerate(SFT_LOSS_KEYS):
         steps, values = series(history, key)
         if steps:
-            _plot_curve(ax, steps, values, _colour(j), "train loss" if key == "loss" else "held-out loss")
+            _plot_curve(ax, steps, values, _colour(min(j, 1)), "train loss" if key == "loss" else "held-out loss")
     ax.set_title("SFT loss (token cross-entropy)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

@@ -19,13 +19,16 @@ from alignpipe.plots import is_number
 # Input structures
 # --------------------------------------------------------------------------------------------
 
-# One line of a training stage's `history.jsonl`: one logged optimizer step. Only `step` is
-# needed; every other key is drawn when present (`eval/loss` is SFT's held-out loss).
+# One line of a training stage's `history.jsonl`: one logged optimizer step, as the shared
+# training loop writes it. Only `step` is needed; every other key is used when present
+# (`eval_loss` or `eval/loss` is SFT's held-out loss, on the steps where it was measured).
 HistoryRow = TypedDict(
     "HistoryRow",
     {
         "step": int,
+        "epoch": float,
         "loss": float,
+        "eval_loss": float,
         "eval/loss": float,
         "rewards/chosen": float,
         "rewards/rejected": float,
@@ -34,6 +37,8 @@ HistoryRow = TypedDict(
         "lr": float,
         "grad_norm": float,
         "tokens_per_s": float,
+        "seconds_per_step": float,
+        "peak_memory_mb": float,
     },
     total=False,
 )
@@ -74,12 +79,15 @@ class OODRow(TypedDict):
 
 
 class StageRecord(TypedDict):
-    """One pipeline stage as the orchestrator ran it: its cache key and whether it was reused."""
+    """One stage output the report was built from: its cache key, when and how fast it was computed.
+
+    Whether a stage was reused in a given run is a property of that run, not of the output, so it
+    lives in MLflow (tag cached=true|false) and the CLI summary, not in this cached report."""
 
     name: str
     key: str
-    cached: bool
-    seconds: NotRequired[Optional[float]]  # wall time of this run (near 0 when cached)
+    built: NotRequired[Optional[str]]  # ISO-8601 time the output was computed
+    seconds: NotRequired[Optional[float]]  # wall time it took to compute
 
 
 @dataclass
@@ -174,6 +182,11 @@ def fmt_seconds(seconds: Optional[float]) -> str:
     if minutes < 60:
         return f"{int(minutes)} min {secs:.0f} s"
     return f"{int(minutes // 60)} h {int(minutes % 60)} min"
+
+
+def fmt_metric(value: Optional[float]) -> str:
+    """Four significant digits: losses, learning rates and tokens/s share one column."""
+    return f"{value:.4g}" if is_number(value) else "n/a"
 
 
 def fmt_param(value: Any) -> str:
@@ -373,15 +386,15 @@ def first_value(history: Sequence[Mapping[str, Any]], key: str) -> Optional[floa
     return next((r[key] for r in history if is_number(r.get(key))), None)
 
 
-TRAINING_METRICS = ("loss", "eval/loss", "rewards/margins", "rewards/accuracies", "rewards/chosen",
-                    "rewards/rejected", "grad_norm", "lr", "tokens_per_s")
+TRAINING_METRICS = ("loss", "eval_loss", "eval/loss", "rewards/margins", "rewards/accuracies", "rewards/chosen",
+                    "rewards/rejected", "grad_norm", "lr", "tokens_per_s", "seconds_per_step", "peak_memory_mb")
 
 
 def _metric_table(history: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = [k for k in TRAINING_METRICS if first_value(history, k) is not None]
     return table(
         ["metric", "first logged", f"final (mean of the last {int(TAIL_FRACTION * 100)}% logged)"],
-        ([k, fmt(first_value(history, k), 4), fmt(tail_mean(history, k), 4)] for k in keys),
+        ([k, fmt_metric(first_value(history, k)), fmt_metric(tail_mean(history, k))] for k in keys),
     )
 
 
@@ -414,8 +427,8 @@ def training_section(inputs: ReportInputs, out_dir: Path) -> Section:
 def run_section(run: RunInfo) -> Section:
     section = Section(
         "Run",
-        "what produced these numbers. A stage marked cached was reused from an earlier run with the same "
-        "cache key, so its seconds are the cost of this run, not of computing it.",
+        "what produced these numbers. Each stage output is identified by its cache key; the time is what "
+        "computing it took when it was built (a later run with the same key reuses it for free).",
     )
     section.body += table(
         ["", ""],
@@ -428,8 +441,8 @@ def run_section(run: RunInfo) -> Section:
     if run.stages:
         section.body += ["", "Stages:", ""]
         section.body += table(
-            ["stage", "cache key", "cached", "wall time"],
-            ([s["name"], f"`{s['key'][:12]}`", fmt(bool(s["cached"])), fmt_seconds(s.get("seconds"))]
+            ["stage", "cache key", "built", "compute time"],
+            ([s["name"], f"`{s['key'][:12]}`", s.get("built") or "n/a", fmt_seconds(s.get("seconds"))]
              for s in run.stages),
         )
     return section
@@ -440,10 +453,11 @@ def headline(inputs: ReportInputs) -> list[str]:
     lines = []
     by_baseline = best_by_baseline(inputs.win_rates)
     n_temps = len({r["temperature"] for r in inputs.win_rates})
+    which = "the only temperature evaluated" if n_temps == 1 else f"the best of {n_temps} temperatures"
     for baseline, r in by_baseline.items():
         lines.append(
             f"- **DPO vs {baseline}: win rate {fmt(r['win_rate'])} ± {fmt(r['stderr'])}** at temperature "
-            f"{r['temperature']:g} (best of {n_temps} evaluated; {r['n_valid']} judged, {r['n_invalid']} invalid), "
+            f"{r['temperature']:g} ({which}; {r['n_valid']} judged, {r['n_invalid']} invalid), "
             f"95% CI {_ci_text(r)}: {verdict(r['win_rate'], r['stderr'])}."
         )
     for r in sorted(_valid(inputs.ood), key=lambda r: (r["baseline"], r["temperature"])):

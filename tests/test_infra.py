@@ -1,0 +1,296 @@
+"""infra/ is configuration for other programs: each file must parse, and where the reading program
+is installed here (accelerate, Prefect) it must accept the file through its own loader."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
+ACCELERATE = INFRA / "accelerate"
+COMPOSE = INFRA / "docker-compose.yml"
+K8S_TEMPLATE = INFRA / "k8s" / "gpu-job-template.json"
+DOCKERFILE = INFRA / "Dockerfile.cuda"
+
+LONG_RUNNING = {"postgres", "minio", "prefect-server", "mlflow", "worker", "worker-gpu"}
+ONE_SHOT = {"minio-init", "prefect-setup"}
+
+
+def structured_files() -> list[Path]:
+    return sorted(p for ext in ("*.yml", "*.yaml", "*.json") for p in INFRA.rglob(ext))
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Every file parses
+# ---------------------------------------------------------------------------------------------
+
+
+def test_infra_has_the_expected_structured_files():
+    names = {p.relative_to(INFRA).as_posix() for p in structured_files()}
+    assert names >= {
+        "docker-compose.yml", "k8s/gpu-job-template.json", "accelerate/ds_zero3.json",
+        "accelerate/single_gpu.yaml", "accelerate/multi_gpu_ddp.yaml", "accelerate/fsdp.yaml",
+        "accelerate/deepspeed_zero3.yaml", "accelerate/cpu_2proc.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", structured_files(), ids=lambda p: p.relative_to(INFRA).as_posix())
+def test_every_yaml_and_json_file_parses_to_a_mapping(path):
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    assert isinstance(data, dict) and data
+
+
+# ---------------------------------------------------------------------------------------------
+# docker-compose.yml
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compose_has_the_team_services_with_healthchecks():
+    services = compose()["services"]
+    assert set(services) == LONG_RUNNING | ONE_SHOT
+    for name in LONG_RUNNING:
+        check = services[name].get("healthcheck", {})
+        assert check.get("test"), f"{name} has no healthcheck"
+    for name in ONE_SHOT:
+        assert services[name]["restart"] == "no"
+
+
+def test_compose_dependencies_wait_for_health_or_completion():
+    services = compose()["services"]
+    for name, service in services.items():
+        for dep, spec in service.get("depends_on", {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            expected = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert spec["condition"] == expected, f"{name} -> {dep}"
+    assert {"postgres", "minio-init"} <= set(services["mlflow"]["depends_on"])
+    assert "postgres" in services["prefect-server"]["depends_on"]
+
+
+def test_compose_wires_postgres_minio_and_the_process_worker():
+    services = compose()["services"]
+    prefect_env = services["prefect-server"]["environment"]
+    assert prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
+    mlflow_cmd = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri=postgresql://" in mlflow_cmd
+    assert "--artifacts-destination=s3://" in mlflow_cmd and "--serve-artifacts" in mlflow_cmd
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    for name in ("worker", "worker-gpu"):
+        worker = services[name]
+        assert worker["entrypoint"] == ["prefect"]
+        assert worker["command"][:2] == ["worker", "start"]
+        assert worker["command"][worker["command"].index("--type") + 1] == "process"
+        assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+        assert worker["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert any(v.startswith("runs:") for v in worker["volumes"])
+    gpus = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpus[0]["capabilities"] == ["gpu"]
+    assert (INFRA / "postgres" / "init-databases.sh").exists()
+    assert (INFRA / "mlflow" / "Dockerfile").exists()
+
+
+def test_every_compose_variable_is_documented_in_env_example():
+    text = COMPOSE.read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z][A-Z0-9_]*)", text))
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (INFRA / ".env.example").read_text(), re.M))
+    assert used, "no variables found: the pattern is broken"
+    assert used <= documented, f"undocumented: {sorted(used - documented)}"
+    profiles = {p for s in compose()["services"].values() for p in s.get("profiles", [])}
+    default_profile = re.search(r"^COMPOSE_PROFILES=(\w+)", (INFRA / ".env.example").read_text(), re.M).group(1)
+    assert default_profile in profiles
+
+
+# ---------------------------------------------------------------------------------------------
+# accelerate configs: accelerate's own loader, launcher and plugins
+# ---------------------------------------------------------------------------------------------
+
+ACCELERATE_CONFIGS = {
+    # name: (launch mode flag set by accelerate, num_processes, mixed precision)
+    "single_gpu": (None, 1, "bf16"),
+    "multi_gpu_ddp": ("multi_gpu", 8, "bf16"),
+    "fsdp": ("use_fsdp", 8, "bf16"),
+    "deepspeed_zero3": ("use_deepspeed", 8, "no"),  # precision lives in ds_zero3.json
+    "cpu_2proc": ("multi_gpu", 2, "no"),  # torchrun-style launcher; processes fall back to gloo
+}
+
+
+def launch_args(name: str):
+    """What `accelerate launch --config_file <name>.yaml train.py` resolves, without launching."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    args = launch_command_parser().parse_args(["--config_file", str(ACCELERATE / f"{name}.yaml"), "train.py"])
+    return _validate_launch_command(args)
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_accelerate_config_loads_with_accelerates_config_class(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(ACCELERATE / f"{name}.yaml"))  # rejects unknown keys
+    assert cfg.num_processes == ACCELERATE_CONFIGS[name][1]
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_accelerate_launch_accepts_the_config(name):
+    from accelerate.commands.launch import launch_command_parser
+
+    mode, num_processes, precision = ACCELERATE_CONFIGS[name]
+    args, defaults, _ = launch_args(name)
+    flags = {f: getattr(args, f) for f in ("multi_gpu", "use_fsdp", "use_deepspeed")}
+    assert flags == {f: f == mode for f in flags}
+    assert args.num_processes == num_processes
+    assert args.mixed_precision == precision
+    # Nested settings become `accelerate launch` options; a misspelt one would be silently dropped.
+    options = {a.dest for a in launch_command_parser()._actions}
+    for key in [*defaults.fsdp_config, *defaults.deepspeed_config]:
+        assert key in options, f"{name}: {key} is not an accelerate launch option"
+
+
+def test_fsdp_config_shards_llama_decoder_layers_in_bf16():
+    import torch
+    import accelerate.utils.dataclasses as accelerate_dataclasses
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy, StateDictType
+
+    args, _, _ = launch_args("fsdp")
+    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith("FSDP_")}
+    # sync_module_states asks for the current CUDA device; this check needs none.
+    with mock.patch.dict(os.environ, env), \
+            mock.patch.object(accelerate_dataclasses, "is_cuda_available", return_value=True), \
+            mock.patch.object(torch.cuda, "current_device", return_value=0):
+        plugin = FullyShardedDataParallelPlugin()
+    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
+    assert plugin.backward_prefetch == BackwardPrefetch.BACKWARD_PRE
+    assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
+
+
+def test_deepspeed_config_is_zero3_in_bf16_through_accelerates_plugin(monkeypatch):
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    args, defaults, mp_from_config = launch_args("deepspeed_zero3")
+    # As accelerate's launch_command does: tell the plugin which fields came from the YAML, so
+    # it can refuse ones that the DeepSpeed JSON must own.
+    args.deepspeed_fields_from_accelerate_config = ",".join(
+        [*defaults.deepspeed_config, *(["mixed_precision"] if mp_from_config else [])]
+    )
+    _, env = prepare_deepspeed_cmd_env(args)
+    monkeypatch.chdir(REPO)  # the JSON path is relative to the launch directory, as in a pipeline run
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}):
+        plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == 3 and plugin.hf_ds_config.is_zero3()
+    assert plugin.zero3_init_flag is True
+    assert plugin.deepspeed_config["bf16"] == {"enabled": True}
+    assert plugin.gradient_clipping == 10.0
+    assert (REPO / defaults.deepspeed_config["deepspeed_config_file"]).exists()
+
+
+@pytest.mark.slow
+def test_cpu_2proc_config_runs_two_gloo_processes(tmp_path):
+    """The real launcher, as alignpipe's runner invokes it: two ranks that can all-reduce."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import torch\n"
+        "from accelerate import Accelerator\n"
+        "acc = Accelerator(cpu=True)\n"  # what alignpipe.train.loop.make_accelerator does without CUDA
+        "total = acc.reduce(torch.tensor([acc.process_index + 1.0]), 'sum').item()\n"
+        "print(f'RANK {acc.process_index} {acc.num_processes} {acc.distributed_type.value} {acc.state.backend} {total}', flush=True)\n"
+        "acc.end_training()\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / "cpu_2proc.yaml"), str(script)],
+        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = sorted(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RANK "))
+    assert ranks == [["0", "2", "MULTI_CPU", "gloo", "3.0"], ["1", "2", "MULTI_CPU", "gloo", "3.0"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes work-pool template
+# ---------------------------------------------------------------------------------------------
+
+
+def k8s_template() -> dict:
+    return json.loads(K8S_TEMPLATE.read_text())
+
+
+def variable_defaults(template: dict) -> dict:
+    return {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+
+
+def render(template: dict, values: dict) -> dict:
+    """The job configuration a worker would build: variable defaults, then these values."""
+    from prefect.utilities.templating import apply_values
+
+    return apply_values(template["job_configuration"], {**variable_defaults(template), **values})
+
+
+def test_k8s_template_is_a_prefect_base_job_template():
+    from prefect.server.schemas.actions import WorkPoolCreate
+
+    template = k8s_template()
+    assert set(template) == {"job_configuration", "variables"}
+    # The server's own validation: every {{ placeholder }} is a declared variable.
+    WorkPoolCreate(name="alignpipe-gpu", type="kubernetes", base_job_template=template)
+
+
+def test_k8s_template_variables_schema_accepts_defaults_and_refuses_zero_gpus():
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    template = k8s_template()
+    schema = template["variables"]
+    validate(variable_defaults(template), schema, raise_on_error=True, preprocess=True)
+    validate({"gpu_count": 8, "image": "registry.example.com/ml/alignpipe:cuda"}, schema, raise_on_error=True, preprocess=True)
+    with pytest.raises(ValidationError):
+        validate({"gpu_count": 0}, schema, raise_on_error=True, preprocess=True)
+
+
+def test_k8s_rendered_job_requests_gpus_on_gpu_nodes():
+    job = render(k8s_template(), {"name": "nightly", "gpu_count": 4})["job_manifest"]
+    # What prefect-kubernetes' worker requires of any job manifest.
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert (pod["restartPolicy"], pod["parallelism"], pod["completions"]) == ("Never", 1, 1)
+    container = pod["containers"][0]
+    assert container["name"] == "prefect-job"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert job["metadata"]["generateName"] == "nightly-"
+    assert not re.search(r"\{\{.*\}\}", json.dumps(job)), "a placeholder was left unrendered"
+
+
+def test_k8s_template_matches_the_cuda_image():
+    """The image's entrypoint is `alignpipe`, its user uid 1000 and its volumes fixed paths: the
+    pod must override the entrypoint (Prefect passes its command as args), run as that user and
+    mount at those paths."""
+    dockerfile = DOCKERFILE.read_text()
+    assert re.search(r'^ENTRYPOINT \["alignpipe"\]', dockerfile, re.M)
+    uid = int(re.search(r"useradd .*--uid (\d+)", dockerfile).group(1))
+    pod = render(k8s_template(), {})["job_manifest"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["/usr/bin/env"]
+    assert pod["securityContext"]["runAsUser"] == uid
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    image_volumes = set(json.loads(re.search(r"^VOLUME (\[.*\])", dockerfile, re.M).group(1)))
+    assert image_volumes <= mounts
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", dockerfile, re.M)
+    assert re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:12\.\d+(\.\d+)?-runtime-ubuntu22\.04$", dockerfile, re.M)
+    assert re.search(r"^USER alignpipe$", dockerfile, re.M)
