@@ -92,21 +92,26 @@ class SequenceScorer(nn.Module):
         self.lm = lm
 
     def forward(self, batch) -> torch.Tensor:
-        backbone, head = causal_lm_parts(self.lm)
-        mask = batch.attention_mask
-        if mask.dim() == 4 and attention_implementation(self.lm) == "eager":
-            # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
-            mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill_(
-                ~mask, torch.finfo(head.weight.dtype).min
-            )
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
-        if batch.position_ids is not None:
-            kwargs["position_ids"] = batch.position_ids
-        hidden = backbone(**kwargs).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
+        picked, head = gathered_hidden(self.lm, batch)
         token_logps = selective_log_softmax(picked, head.weight, batch.targets)
         sums = torch.zeros(batch.num_segments, dtype=torch.float32, device=token_logps.device)
         return sums.index_add(0, batch.segment, token_logps)
+
+
+def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
+    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head."""
+    backbone, head = causal_lm_parts(model)
+    mask = batch.attention_mask
+    if mask.dim() == 4 and attention_implementation(model) == "eager":
+        # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
+        mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(head.weight.dtype).min
+        )
+    kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
+    if batch.position_ids is not None:
+        kwargs["position_ids"] = batch.position_ids
+    hidden = backbone(**kwargs).last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index), head
 
 
 def attention_implementation(model: nn.Module) -> str:

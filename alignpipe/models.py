@@ -1,7 +1,7 @@
 """Loading models and tokenizers: hub, local directory, or a GGUF file (dequantized to fp32).
 
-A GGUF-loaded model refuses `save_pretrained`, so `materialize` copies its weights into a fresh
-model built from the same config; every later stage then loads plain safetensors quickly.
+A GGUF-loaded model refuses `save_pretrained`, so `load_base_model` copies its weights into a fresh
+model built from the same config; the SFT stage saves that, and later stages load plain safetensors.
 """
 from __future__ import annotations
 
@@ -53,28 +53,6 @@ def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: tor
         str(path), gguf_file=gguf_file, dtype=dtype, attn_implementation="sdpa"
     )
     return model
-
-
-def materialize(path: str | Path, gguf_file: Optional[str], out_dir: Path) -> Path:
-    """Write a plain `from_pretrained`-loadable copy (safetensors + tokenizer) of any source."""
-    from transformers import AutoModelForCausalLM
-
-    model = load_causal_lm(path, gguf_file)
-    tok = load_tokenizer(path, gguf_file)
-    if gguf_file is not None:
-        fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
-        missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
-        # Tied LM heads appear as "missing" in some exports; anything else is a real mismatch.
-        real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if real_missing or unexpected:
-            raise RuntimeError(f"{gguf_file}: weights do not match the model config ({real_missing[:3]}, {unexpected[:3]})")
-        if missing:
-            fresh.tie_weights()
-        model = fresh
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    return out_dir
 
 
 def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
@@ -132,3 +110,20 @@ def build_tiny_llama(out_dir: Path, tokenizer, *, hidden: int = 32, layers: int 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def load_base_model(name_or_path: str, gguf_file: Optional[str], offline_fallback: str = "none"):
+    """(model, tokenizer) of the base model as a plain fp32 model that `save_pretrained` accepts."""
+    from transformers import AutoModelForCausalLM
+
+    path, gguf = resolve_source(name_or_path, gguf_file, offline_fallback)
+    model = load_causal_lm(path, gguf)
+    tok = load_tokenizer(path, gguf)
+    if gguf is not None:  # GGUF-loaded models refuse save_pretrained: copy into a fresh one
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="sdpa")
+        missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+        if [k for k in missing if not k.endswith("lm_head.weight")] or unexpected:
+            raise RuntimeError(f"{gguf}: weights do not match the model config")
+        fresh.tie_weights()
+        model = fresh
+    return model, tok

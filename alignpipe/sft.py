@@ -6,9 +6,8 @@ from typing import Sequence
 
 import torch
 
-from alignpipe.batching import collate_examples
+from alignpipe.batching import collate_examples, length_sorted_batches
 from alignpipe.logprobs import SequenceScorer
-from alignpipe.dpo.scoring import length_sorted_batches
 from alignpipe.tokenization import TokenizedExample
 
 

@@ -151,7 +151,6 @@ class EvaluateConfig(Strict):
 
 
 class OODConfig(Strict):
-    enabled: bool = True
     n_articles: int = Field(256, ge=1)
     temperatures: list[float] = [0.0, 0.25]
     article_chars: Optional[int] = None  # truncate articles (demo: the opening only)

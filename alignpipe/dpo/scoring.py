@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignpipe.batching import LogpBatch, collate_concatenated, collate_prefix_shared
+from alignpipe.batching import LogpBatch, collate_concatenated, collate_prefix_shared, length_sorted_batches
 from alignpipe.logprobs import SequenceScorer, can_take_4d_mask
 from alignpipe.tokenization import TokenizedPair, tokenize_pairs
 
@@ -51,12 +51,6 @@ def resolve_prefix_sharing(model, pairs: Sequence[TokenizedPair], pad_id: int, m
         log.warning("prefix sharing off: shared-prefix log-probs disagree with separate forwards for this model")
         return "off"
     return "on"
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped so each batch holds similar lengths (less padding); longest first."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()

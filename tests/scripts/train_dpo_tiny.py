@@ -21,6 +21,9 @@ items = preference_items(model, tok)
 cfg = dpo_config(micro_batch_size=micro, epochs=1, optimizer="adamw")
 result = train(model, items, objective(model, tok, cfg), cfg)
 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-if world > 1 and torch.distributed.get_rank() != 0:
+rank = torch.distributed.get_rank() if world > 1 else 0
+if world > 1:
+    torch.distributed.destroy_process_group()  # gloo aborts at exit without it
+if rank != 0:
     sys.exit(0)
 out.write_text(json.dumps({"world": world, "loss": [h["loss"] for h in result.history]}))

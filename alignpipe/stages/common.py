@@ -1,0 +1,79 @@
+"""Helpers every stage shares: loading and saving models, JSONL tables, LoRA, rank-0 writes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from alignpipe.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+from alignpipe.stages.base import MetricsSink
+from pipeline_config.schema import LoraConfig, ModelConfig
+
+MODEL_SUBDIR = "model"
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_stage_model(stage_dir: Path, model_cfg: ModelConfig, device: Optional[torch.device] = None):
+    """(model, tokenizer) saved by an upstream training stage, on the right device and dtype."""
+    device = device or default_device()
+    path = stage_dir / MODEL_SUBDIR
+    model = load_causal_lm(path, dtype=resolve_dtype(model_cfg.dtype, device)).to(device).eval()
+    return model, load_tokenizer(path)
+
+
+def load_trainable(stage_dir: Path, device: Optional[torch.device] = None):
+    """Training keeps fp32 master weights; the loop's autocast runs bf16 compute on GPU."""
+    device = device or default_device()
+    path = stage_dir / MODEL_SUBDIR
+    return load_causal_lm(path, dtype=torch.float32).to(device), load_tokenizer(path)
+
+
+def apply_lora(model, lora: Optional[LoraConfig]):
+    if lora is None:
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    return get_peft_model(
+        model,
+        PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"),
+    )
+
+
+def save_model(model, tokenizer, out_dir: Path) -> Path:
+    """A `from_pretrained`-loadable directory; LoRA adapters are merged so downstream loads one model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    path = out_dir / MODEL_SUBDIR
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class HistoryLogger:
+    """A training-loop callback: streams step metrics to the sink and keeps them for history.jsonl."""
+
+    def __init__(self, sink: MetricsSink, prefix: str):
+        self.sink, self.prefix = sink, prefix
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if is_main_process():
+            self.sink.log_metrics({f"{self.prefix}/{k}": float(v) for k, v in metrics.items() if k != "step"}, step=step)

@@ -1,0 +1,74 @@
+"""In-distribution evaluation: DPO policy vs baselines on held-out prompts, per temperature."""
+from __future__ import annotations
+
+import json
+from functools import partial
+
+from alignpipe.data import generation_prompts
+from alignpipe.evaluation import evaluate_policy
+from alignpipe.judge import make_judge
+from alignpipe.kl import sequence_kl
+from alignpipe.stages.base import StageContext, StageSpec
+from alignpipe.stages.common import load_stage_model, write_jsonl
+from alignpipe.stages.pairs_stage import scored_text
+from alignpipe.stages.tables import write_parquet
+
+EVAL_DATA_FIELDS = ("task", "dir", "builtin_fallback", "local_path", "column_map", "eval_size", "prefix_tokens", "seed")
+
+
+def config_slice(cfg) -> dict:
+    return {
+        "evaluate": cfg.evaluate.model_dump(),
+        "data": {k: getattr(cfg.data, k) for k in EVAL_DATA_FIELDS},
+        "dtype": cfg.model.dtype,
+        "seed": cfg.seed,
+    }
+
+
+def judge_cache_dir(ctx: StageContext):
+    """Shared by every run of this stage: a verdict is never paid for twice, even across configs."""
+    return ctx.out_dir.parent / ".judge-cache"
+
+
+def write_tables(ctx: StageContext, tables, metrics: dict) -> None:
+    write_jsonl(ctx.out_dir / "samples.jsonl", tables.samples)
+    write_parquet(ctx.out_dir / "verdicts.parquet", tables.verdicts) if tables.verdicts else None
+    (ctx.out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
+    (ctx.out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
+    (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
+    prompts = generation_prompts(cfg.data, "eval", ecfg.n_prompts)
+    policy, tok = load_stage_model(ctx.inputs["dpo"], cfg.model)
+    sft, _ = load_stage_model(ctx.inputs["sft"], cfg.model)
+    judge = make_judge(ecfg.judge, judge_cache_dir(ctx))
+    tables = evaluate_policy(
+        policy=policy,
+        sft=sft,
+        tokenizer=tok,
+        prompts=prompts,
+        temperatures=ecfg.temperatures,
+        baselines=ecfg.baselines,
+        generation=ecfg.generation,
+        judge=judge,
+        judged_text=partial(scored_text, cfg.data.task) if ecfg.judge.backend == "reward" else (lambda p, c: c),
+        seed=cfg.seed,
+        compute_kl=ecfg.compute_kl,
+        kl_fn=lambda prompts_, samples: sequence_kl(policy, sft, tok, prompts_, samples, batch_size=ecfg.generation.batch_size),
+    )
+    metrics = tables.metrics()
+    write_tables(ctx, tables, metrics)
+    return metrics
+
+
+SPEC = StageSpec(
+    name="evaluate",
+    upstream=("sft", "dpo"),
+    version="1",
+    config_slice=config_slice,
+    run=run,
+    artifacts=("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json"),
+    uses_gpu=True,
+)
