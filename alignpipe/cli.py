@@ -7,6 +7,7 @@ option; a stage that fails exits 1.
 """
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -28,21 +29,32 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="alignpipe: SFT -> preference pairs -> reference log-probs -> DPO -> judge -> OOD -> report.",
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _out() -> Console:
+    """Made per call so COLUMNS (and a test runner's redirected streams) are honoured."""
+    return Console()
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")  # wrap, never cut: ids and paths stay copyable
+    return table
 
 DEFAULT_STAGE_SOURCE = "alignpipe.stages"
+SUMMARY_METRICS = 6  # per stage in the end-of-run table; the rest are one click away in MLflow
 
-PresetOpt = typer.Option("demo", "--preset", "-p", help="Preset name (see `alignpipe presets`).")
-ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file (instead of --preset).")
-SetOpt = typer.Option([], "--set", "-s", help="Override a config value: KEY=VALUE, e.g. dpo.beta=0.5 (repeatable).")
+PresetOpt = typer.Option("demo", "--preset", "-p", metavar="NAME", help="Preset name (see `alignpipe presets`).")
+ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", help="A YAML config file (instead of --preset).")
+SetOpt = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value: KEY=VALUE, e.g. dpo.beta=0.5 (repeatable).")
 StagesFromOpt = typer.Option(
     DEFAULT_STAGE_SOURCE, "--stages-from", hidden=True, help="Module ('pkg.mod' or 'pkg.mod:attr') providing the stages."
 )
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err_console.print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"Error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -78,18 +90,19 @@ def _fmt(value: Any) -> str:
 
 
 def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfig] = None) -> None:
-    table = Table(title=f"alignpipe: {len(summary['executed'])} ran, {len(summary['reused'])} reused")
-    table.add_column("stage")
-    table.add_column("cached?")
-    table.add_column("seconds", justify="right")
-    table.add_column("headline metrics")
+    console = _out()
+    table = _table(f"alignpipe: {len(summary['executed'])} ran, {len(summary['reused'])} reused",
+                   "stage", "cached?", "seconds", "headline metrics")  # fmt: skip
     for stage in summary["stages"]:
-        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in stage["metrics"].items())
+        items = list(stage["metrics"].items())
+        metrics = "  ".join(f"{k}={_fmt(v)}" for k, v in items[:SUMMARY_METRICS])
+        if len(items) > SUMMARY_METRICS:
+            metrics += f"  (+{len(items) - SUMMARY_METRICS} in MLflow)"
         table.add_row(stage["name"], "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", metrics)
     console.print(table)
-    console.print(f"outputs:  {summary.get('run_dir', '')}/store", highlight=False)
+    console.print(f"outputs:  {summary['run_dir']}/store", highlight=False, soft_wrap=True)
     if summary.get("mlflow_run_id"):
-        console.print(f"mlflow:   run {summary['mlflow_run_id']} in {summary['tracking_uri']}", highlight=False)
+        console.print(f"mlflow:   run {summary['mlflow_run_id']} in {summary['tracking_uri']}", highlight=False, soft_wrap=True)
     if tracking_cfg is not None:
         from alignpipe.tracking import ui_command
 
@@ -106,14 +119,19 @@ def run(
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: list[str] = SetOpt,
-    rerun: list[str] = typer.Option([], "--rerun", help="Recompute this stage and everything downstream (repeatable)."),
+    rerun: list[str] = typer.Option([], "--rerun", metavar="STAGE", help="Recompute this stage and everything downstream (repeatable)."),
     stages_from: str = StagesFromOpt,
 ) -> None:
     """Run the whole pipeline as a Prefect flow, reusing every stage whose inputs did not change."""
-    from alignpipe.runner import PipelineError, StageFailed
+    from alignpipe.runner import PipelineError, Runner, StageFailed
 
     cfg = _config(preset, config, set_)
-    _check_stage_names("--rerun", rerun, _catalog(stages_from))
+    catalog = _catalog(stages_from)
+    _check_stage_names("--rerun", rerun, catalog)
+    try:  # every stage loads and keys; fail before the Prefect server starts
+        Runner(cfg, catalog).plan(rerun=rerun)
+    except PipelineError as e:
+        _fail(str(e))
     from flows.pipeline import alignpipe_pipeline
 
     try:
@@ -141,7 +159,7 @@ def stage(
     track: bool = typer.Option(True, "--track/--no-track", help="Record the run in MLflow."),
     stages_from: str = StagesFromOpt,
 ) -> None:
-    """Run one stage without Prefect (e.g. on a bare GPU box), reusing cached upstream outputs."""
+    """Run one stage, and any missing upstream, without Prefect: for a bare GPU box."""
     from alignpipe.runner import PipelineError, Runner, StageFailed
 
     cfg = _config(preset, config, set_)
@@ -153,6 +171,9 @@ def stage(
     except PipelineError as e:
         _fail(str(e))
     summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(Path(cfg.run_dir).resolve())}
+    if track and importlib.util.find_spec("mlflow") is None:
+        Console(stderr=True).print("MLflow is not installed: running untracked (--no-track)", highlight=False)
+        track = False
     try:
         if track:
             from alignpipe.tracking import PipelineTracker
@@ -165,11 +186,12 @@ def stage(
             result = runner.run(plan)
     except PipelineError as e:
         _fail(str(e))
-    except StageFailed as e:
+    except StageFailed as e:  # a crash, not bad input: show where (Prefect does this for `run`)
+        Console(stderr=True).print_exception(max_frames=20)
         _fail(str(e), code=1)
     summary.update(result.summary())
     render_summary(summary, cfg if track else None)
-    console.print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
+    _out().print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
 
 
 @app.command()
@@ -194,20 +216,20 @@ def schedule(
     if work_pool is None:
         if apply:
             _fail("--apply: only meaningful with --work-pool")
-        console.print(f"serving '{name}' on cron '{cron}' (Ctrl-C stops it)", highlight=False)
+        _out().print(f"serving '{name}' on cron '{cron}' (Ctrl-C stops it)", highlight=False)
         sched.serve(cron, params, name)
         return
     if not apply:
-        console.print("Create the deployment with:", highlight=False)
-        console.print(sched.deploy_command(cron, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
-        console.print(f"then start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
+        _out().print("Create the deployment with:", highlight=False)
+        _out().print(sched.deploy_command(cron, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
+        _out().print(f"then start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
         return
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
         _fail("--apply: no Prefect server configured; set PREFECT_API_URL (a work pool needs a running server)")
     deployment_id = sched.deploy(cron, work_pool, params, name)
-    console.print(f"deployment {name} created ({deployment_id}) in pool {work_pool}", highlight=False)
+    _out().print(f"deployment {name} created ({deployment_id}) in pool {work_pool}", highlight=False)
 
 
 def _run_row_metrics(runs: list, metric: list[str]) -> list[str]:
@@ -224,7 +246,7 @@ def runs(
     set_: list[str] = SetOpt,
     experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment)."),
     limit: int = typer.Option(20, "--limit", min=1, help="How many recent pipeline runs."),
-    metric: list[str] = typer.Option([], "--metric", help="Metric column to show, e.g. dpo/loss (repeatable)."),
+    metric: list[str] = typer.Option([], "--metric", metavar="NAME", help="Metric column to show, e.g. dpo/loss (repeatable)."),
 ) -> None:
     """Recent pipeline runs from MLflow, newest first."""
     from alignpipe.tracking import search_pipeline_runs
@@ -232,12 +254,10 @@ def runs(
     cfg = _config(preset, config, set_)
     found = search_pipeline_runs(cfg, limit=limit, experiment=experiment)
     if not found:
-        console.print(f"no pipeline runs in experiment '{experiment or cfg.tracking.experiment}'", highlight=False)
+        _out().print(f"no pipeline runs in experiment '{experiment or cfg.tracking.experiment}'", highlight=False)
         return
     columns = _run_row_metrics(found, metric)
-    table = Table(title=f"pipeline runs ({len(found)})")
-    for col in ["run id", "name", "started", "status", "preset", "ran", *columns]:
-        table.add_column(col)
+    table = _table(f"pipeline runs ({len(found)})", "run id", "name", "started", "status", "preset", "ran", *columns)
     for r in found:
         started = datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
         values = [_fmt(r.data.metrics[c]) if c in r.data.metrics else "" for c in columns]
@@ -245,7 +265,7 @@ def runs(
             r.info.run_id[:12], r.info.run_name or "", started, r.info.status,
             r.data.tags.get("pipeline", ""), r.data.tags.get("stages_executed", ""), *values,
         )  # fmt: skip
-    console.print(table)
+    _out().print(table)
 
 
 @app.command()
@@ -264,10 +284,7 @@ def compare(
         found = get_runs(cfg, run_ids)
     except ValueError as e:
         _fail(str(e))
-    table = Table(title="params and metrics")
-    table.add_column("")
-    for r in found:
-        table.add_column(f"{r.info.run_name or ''}\n{r.info.run_id[:12]}")
+    table = _table("params and metrics", "", *[f"{r.info.run_name or ''}\n{r.info.run_id[:12]}" for r in found])
     params = sorted(set().union(*(r.data.params for r in found)))
     if not all_params and len(found) > 1:
         params = [p for p in params if len({r.data.params.get(p) for r in found}) > 1]
@@ -278,7 +295,7 @@ def compare(
         table.add_section()
     for m in metrics:
         table.add_row(m, *[_fmt(r.data.metrics[m]) if m in r.data.metrics else "" for r in found])
-    console.print(table)
+    _out().print(table)
 
 
 @app.command()
@@ -294,19 +311,19 @@ def ui(
 
     cmd = ui_command(_config(preset, config, set_), port)
     if not start:
-        console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+        _out().print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
         return
     raise typer.Exit(subprocess.call([sys.executable, "-m", *cmd]))
 
 
 def _preset_description(path: Path) -> str:
-    """The first comment line of a preset file, if it starts with one."""
+    """The comment block a preset file opens with, as one paragraph."""
+    lines = []
     for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-        if line.strip():
+        if not line.startswith("#"):
             break
-    return ""
+        lines.append(line.lstrip("#").strip())
+    return " ".join(x for x in lines if x)
 
 
 @app.command()
@@ -315,12 +332,10 @@ def presets() -> None:
     names = preset_names()
     if not names:
         _fail(f"no presets found in {config_loading.PRESET_DIR}", code=1)
-    table = Table(title="presets")
-    table.add_column("name")
-    table.add_column("description")
+    table = _table("presets", "name", "description")
     for n in names:
         table.add_row(n, _preset_description(config_loading.PRESET_DIR / f"{n}.yaml"))
-    console.print(table)
+    _out().print(table)
 
 
 if __name__ == "__main__":

@@ -10,54 +10,70 @@ import torch
 from torch import nn
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
+KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's softmax instead of recomputing
 
 
 class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
+    """Forward chunk by chunk; backward needs softmax(logits) per chunk. When the whole
+    [N, vocab] softmax fits `keep_bytes` it is kept from the forward (one matmul saved per chunk,
+    which is a quarter of the LM head's cost); otherwise backward recomputes it chunk by chunk."""
+
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, keep_bytes: int):
         w = weight.to(hidden.dtype)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, fp64 stays fp64
-        out = hidden.new_empty(hidden.shape[0], dtype=acc)
-        lse = hidden.new_empty(hidden.shape[0], dtype=acc)
-        for s in range(0, hidden.shape[0], chunk):
+        n = hidden.shape[0]
+        keep = torch.is_grad_enabled() and n * weight.shape[0] * torch.finfo(acc).bits // 8 <= keep_bytes
+        out = hidden.new_empty(n, dtype=acc)
+        lse = hidden.new_empty(n, dtype=acc)
+        probs = []
+        for s in range(0, n, chunk):
             logits = (hidden[s : s + chunk] @ w.T).to(acc)
             lse_c = torch.logsumexp(logits, dim=-1)
             out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse_c
             lse[s : s + chunk] = lse_c
+            if keep:
+                probs.append(logits.sub_(lse_c[:, None]).exp_())
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.probs = chunk, probs
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         hidden, weight, targets, lse = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, probs = ctx.chunk, ctx.probs
         w = weight.to(hidden.dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
-        for s in range(0, hidden.shape[0], chunk):
+        for c, s in enumerate(range(0, hidden.shape[0], chunk)):
             h, t, g = hidden[s : s + chunk], targets[s : s + chunk], grad_out[s : s + chunk].to(lse.dtype)
             # d logp_t / d logits = onehot(t) - softmax
-            dlogits = torch.exp((h @ w.T).to(lse.dtype) - lse[s : s + chunk, None]).mul_(-g[:, None])
+            p = probs[c] if probs else torch.exp((h @ w.T).to(lse.dtype) - lse[s : s + chunk, None])
+            dlogits = p.mul_(-g[:, None])
             dlogits[rows[: h.shape[0]], t] += g
             dlogits = dlogits.to(hidden.dtype)
             if need_h:
                 grad_h[s : s + chunk] = dlogits @ w
             if need_w:
                 grad_w += (dlogits.T @ h).to(lse.dtype)
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None
+        ctx.probs = None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
 
 def selective_log_softmax(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int | None = None,
+    keep_bytes: int = KEEP_SOFTMAX_BYTES,
 ) -> torch.Tensor:
     """log softmax(hidden @ weight.T)[i, targets[i]] for each row i, in fp32, chunked over rows."""
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
     chunk = chunk or max(1, DEFAULT_CHUNK_ELEMENTS // weight.shape[0])
-    return _ChunkedSelectiveLogSoftmax.apply(hidden, weight, targets, chunk)
+    return _ChunkedSelectiveLogSoftmax.apply(hidden, weight, targets, chunk, keep_bytes)
 
 
 def naive_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

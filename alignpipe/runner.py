@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Protocol, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from alignpipe.cache import StageStore, canonical_json, stage_key, validate_metrics
 from alignpipe.stages.base import MetricsSink, NullSink, StageContext, StageSpec
@@ -40,11 +41,22 @@ class PipelineError(ValueError):
 
 
 class StageFailed(RuntimeError):
-    """A stage raised. Its output was not published; the cause is chained."""
+    """A stage raised. Its output was not published; the cause is chained.
 
-    def __init__(self, stage: str, cause: BaseException):
-        super().__init__(f"stage '{stage}' failed: {type(cause).__name__}: {cause}")
+    Built from strings only, so it pickles (Prefect may serialize a failed task's exception).
+    """
+
+    def __init__(self, stage: str, detail: str):
+        super().__init__(stage, detail)
         self.stage = stage
+        self.detail = detail
+
+    @classmethod
+    def from_error(cls, stage: str, error: BaseException) -> "StageFailed":
+        return cls(stage, f"{type(error).__name__}: {error}")
+
+    def __str__(self) -> str:
+        return f"stage '{self.stage}' failed: {self.detail}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -241,6 +253,8 @@ class AccelerateLauncher:
         cmd = [*self.accelerate, "--num_processes", str(self.num_processes)]
         if self.config_file:
             cmd += ["--config_file", str(self.config_file)]
+        else:  # torchrun workers; without it accelerate starts a single process (it expects mpirun on CPU)
+            cmd += ["--multi_gpu"]
         cmd += ["-m", self.module, "--stage", stage, "--config", ctx.cfg.model_dump_json()]
         cmd += ["--out", str(ctx.out_dir), "--inputs", json.dumps({k: str(v) for k, v in ctx.inputs.items()})]
         if ctx.resume_dir is not None:
@@ -333,7 +347,8 @@ class ConsoleReporter:
             )
 
     def failed(self, planned: PlannedStage, error: BaseException) -> None:
-        self.console.print(f"  [red]failed[/red] {planned.name}: {error}", markup=False, highlight=False)
+        detail = str(error) or type(error).__name__  # KeyboardInterrupt has no message
+        self.console.print(Text.assemble("  ", ("failed", "red"), f" {planned.name}: {detail}"), highlight=False)
 
 
 class SilentReporter:
@@ -476,7 +491,7 @@ class Runner:
                 force=planned.forced,
             )
         except Exception as e:
-            raise StageFailed(spec.name, e) from e
+            raise StageFailed.from_error(spec.name, e) from e
         return StageOutcome(
             name=spec.name,
             key=planned.key,

@@ -69,10 +69,14 @@ def secret_env_values(environ: Optional[Mapping[str, str]] = None) -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
+
+
 def scrub_text(text: str, secrets: Optional[list[str]] = None) -> str:
+    """Replace secret env values and URL credentials (scheme://user:pass@host) with REDACTED."""
     for secret in secret_env_values() if secrets is None else secrets:
         text = text.replace(secret, REDACTED)
-    return text
+    return _URL_CREDENTIALS.sub(rf"\1{REDACTED}@", text)
 
 
 def redact_uri(uri: str) -> str:

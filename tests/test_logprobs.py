@@ -16,12 +16,13 @@ RECORDS = [
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
-def test_chunked_matches_naive_values_and_grads(chunk):
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])  # recompute the softmax in backward / keep it
+def test_chunked_matches_naive_values_and_grads(chunk, keep_bytes):
     torch.manual_seed(0)
     h = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(5000, 16, requires_grad=True)
     t = torch.randint(0, 5000, (37,))
-    fast = selective_log_softmax(h, w, t, chunk=chunk)
+    fast = selective_log_softmax(h, w, t, chunk=chunk, keep_bytes=keep_bytes)
     slow = naive_selective_log_softmax(h, w, t)
     assert torch.allclose(fast, slow, atol=1e-5)
     g = torch.randn(37)
@@ -30,11 +31,12 @@ def test_chunked_matches_naive_values_and_grads(chunk):
     assert torch.allclose(gh_fast, gh_slow, atol=1e-5) and torch.allclose(gw_fast, gw_slow, atol=1e-5)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
+def test_gradcheck_float64(keep_bytes):
     h = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 50, (9,))
-    assert torch.autograd.gradcheck(lambda a, b: selective_log_softmax(a, b, t, chunk=4), (h, w))
+    assert torch.autograd.gradcheck(lambda a, b: selective_log_softmax(a, b, t, chunk=4, keep_bytes=keep_bytes), (h, w))
 
 
 def _naive_sequence_logps(model, prompt, completion):

@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline flow and its schedules. Prefect is imported here, never in alignpipe/."""
