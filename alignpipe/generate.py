@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,7 +40,7 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 def _eos_ids(model, tokenizer) -> list[int]:
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]  # a copy: never edit the model's config
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return [i for i in ids if i is not None]
@@ -90,6 +90,8 @@ def generate(
     # An empty EOS list disables stopping; None would be refilled from the model's generation config.
     stop_ids = eos_ids if stop_at_eos else []
     lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    if 0 in lengths:  # an all-padding row has nothing to attend to
+        raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization (this tokenizer adds no BOS)")
     batches = length_sorted_batches(lengths, batch_size)
     devices = [model.device] if model.device.type == "cuda" else []
     was_training = model.training

@@ -18,8 +18,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from tqdm.auto import tqdm
-
 from alignpipe.data import formats
 from alignpipe.data.records import FieldSpec, RecordError, read_records, read_rows, validate_rows, validated
 from alignpipe.data.sources import data_dir_file, hub_rows, hub_source_label
@@ -47,10 +45,7 @@ def _rows_and_source(
         path = data_dir_file(data_dir, name)
         return read_rows(path), path.name
     rows = hub_rows(repo_id, split, config, revision)
-    source = hub_source_label(repo_id, split)
-    if hub_row is None:
-        return tqdm(rows, desc=f"reading {source}", unit="row", mininterval=2.0), source
-    return _mapped(tqdm(rows, desc=f"reading {source}", unit="row", mininterval=2.0), hub_row), source
+    return (rows if hub_row is None else _mapped(rows, hub_row)), hub_source_label(repo_id, split)
 
 
 def _mapped(rows: Iterable[Row], hub_row: Callable[[dict[str, Any]], Optional[dict[str, Any]]]) -> Iterator[Row]:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "ALIGNPIPE_DATA_DIR"
@@ -42,7 +44,10 @@ def data_dir_file(data_dir: Path, name: str) -> Path:
 
 
 def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    """Offline when the env says so (checked on every call), or when the one per-process hub probe failed."""
+    from alignpipe.hub import check_hub, is_offline
+
+    return is_offline() or not check_hub()
 
 
 def hub_rows(repo_id: str, split: str, config: Optional[str] = None, revision: Optional[str] = None) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -58,7 +63,7 @@ def hub_rows(repo_id: str, split: str, config: Optional[str] = None, revision: O
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SourceUnavailable(f"{label}: cannot load from the hub ({first_line})") from e
     log.info("loaded %s from the hub: %d rows", label, len(dataset))
-    return enumerate(dataset, start=1)
+    return tqdm(enumerate(dataset, start=1), total=len(dataset), desc=f"reading {label}", unit="row", mininterval=2.0)
 
 
 def hub_source_label(repo_id: str, split: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Optional
 
 from alignpipe.data import adapters, formats
 from alignpipe.data.builtin import BUILTIN_FILES, builtin_records
+from alignpipe.data.records import RecordError, read_rows, validated
 from alignpipe.data.sources import SourceUnavailable, resolve_data_dir
 from pipeline_config.schema import DataConfig
 
@@ -64,7 +65,7 @@ def sft_examples(cfg: DataConfig, n: Optional[int] = None) -> list[dict[str, str
     out = []
     for ex in examples:
         if ex["sft_completion"] is None:
-            raise ValueError(f"{cfg.local_path}: record for prompt {ex['prompt'][:40]!r} has no 'chosen' (needed for SFT)")
+            raise RecordError(f"{ex['where']}: field 'chosen' is missing (SFT needs a completion)")
         out.append({"prompt": ex["sft_prompt"], "completion": ex["sft_completion"]})
         if len(out) == n:
             break
@@ -129,8 +130,10 @@ def _examples(cfg: DataConfig) -> list[dict[str, Any]]:
     if cfg.task == "local":
         if not cfg.local_path:
             raise ValueError("data.local_path is required for task 'local'")
-        return [_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"])
-                for r in adapters.local_file(cfg.local_path, cfg.column_map)]
+        path = Path(cfg.local_path)
+        rows = validated(read_rows(path), path.name, adapters.LOCAL_FIELDS, cfg.column_map)
+        return [{**_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"]),
+                 "where": f"{path.name}:{line_no}"} for line_no, r in rows]
     name, split = TASK_DATASET[cfg.task]
     records = load_source(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
     if cfg.task == "imdb":

@@ -1,0 +1,189 @@
+"""The task-level builders the stages call: shapes, determinism, held-out eval prompts, data-dir
+and env selection, the built-in fallback, local files with a column map, and the real samples."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignpipe.data import (
+    SourceUnavailable,
+    generation_prompts,
+    human_pairs,
+    ood_articles,
+    sft_examples,
+)
+from alignpipe.data.builtin import builtin_records
+from pipeline_config.schema import DataConfig
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch) -> Path:
+    """A tiny data dir: 40 reviews, 30 TL;DR posts, 30 HH pairs, 6 comparisons, 5 articles."""
+    monkeypatch.delenv("ALIGNPIPE_DATA_DIR", raising=False)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    write_jsonl(tmp_path / "imdb.jsonl", [
+        {"text": f"Review {i} " + " ".join(words[(i + k) % 10] for k in range(12)) + f".<br /><br />Paragraph two of {i}.",
+         "label": i % 2}
+        for i in range(40)
+    ])
+    write_jsonl(tmp_path / "tldr.jsonl", [
+        {"prompt": f"SUBREDDIT: r/sub{i % 3}\n\nTITLE: Title {i}\n\nPOST: Post body {i}.\n\nTL;DR:", "label": f"  summary {i}"}
+        for i in range(30)
+    ])
+    write_jsonl(tmp_path / "hh_rlhf.jsonl", [
+        {"chosen": f"\n\nHuman: question {i}?\n\nAssistant: good {i}", "rejected": f"\n\nHuman: question {i}?\n\nAssistant: bad {i}"}
+        for i in range(30)
+    ])
+    write_jsonl(tmp_path / "tldr_comparisons.jsonl", [
+        {"prompt": f"TITLE: t{i}\n\nPOST: p{i}\n\nTL;DR:", "chosen": f" win {i}", "rejected": f" lose {i}"} for i in range(6)
+    ])
+    write_jsonl(tmp_path / "cnn_dailymail.jsonl", [
+        {"id": f"id{i}", "article": f"Article {i}.", "highlights": f"Highlight {i} ."} for i in range(5)
+    ])
+    return tmp_path
+
+
+def test_imdb_sft_and_prefix_prompts(data_dir):
+    cfg = DataConfig(task="imdb", dir=str(data_dir), eval_size=10, prefix_tokens=(2, 4), seed=3)
+    sft = sft_examples(cfg, 25)
+    assert len(sft) == 25
+    assert all(ex["prompt"] == "" and "<br" not in ex["completion"] and "\nParagraph two" in ex["completion"] for ex in sft)
+    train = generation_prompts(cfg, "train", 100)
+    held_out = generation_prompts(cfg, "eval", 100)
+    assert len(held_out) == 10 and len(train) > 10
+    for p in train + held_out:
+        assert p["reference"] is None and 2 <= len(p["prompt"].split()) <= 4 and p["prompt"].startswith("Review")
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
+    # SFT never trains on a held-out review.
+    assert not {ex["completion"].split()[1] for ex in sft} & {p["prompt"].split()[1] for p in held_out}
+
+
+def test_builders_are_deterministic_given_the_seed(data_dir):
+    cfg = DataConfig(task="tldr", dir=str(data_dir), eval_size=5, seed=0)
+    assert generation_prompts(cfg, "train", 8) == generation_prompts(cfg, "train", 8)
+    assert sft_examples(cfg, 8) == sft_examples(cfg, 8)
+    other = cfg.model_copy(update={"seed": 1})
+    assert generation_prompts(other, "eval") != generation_prompts(cfg, "eval")
+
+
+def test_tldr_prompts_sft_and_comparisons(data_dir):
+    cfg = DataConfig(task="tldr", dir=str(data_dir), eval_size=5)
+    sft = sft_examples(cfg, 100)
+    assert len(sft) == 25  # 30 posts, 5 held out
+    for ex in sft:
+        assert ex["prompt"].startswith("SUBREDDIT: r/sub") and ex["prompt"].endswith("\n\nTL;DR:")
+        assert ex["completion"].startswith(" summary") and not ex["completion"].startswith("  ")
+    held_out = generation_prompts(cfg, "eval")
+    assert len(held_out) == 5
+    for p in held_out:
+        number = p["prompt"].split("Title ")[1].split("\n")[0]
+        assert p["reference"] == f" summary {number}"
+    assert not {p["prompt"] for p in held_out} & {ex["prompt"] for ex in sft}
+    pairs = human_pairs(cfg, 4)
+    assert len(pairs) == 4 and all(p["chosen"].startswith(" win") and p["rejected"].startswith(" lose") for p in pairs)
+
+
+def test_hh_preferred_ft_and_pairs_exclude_eval_prompts(data_dir):
+    cfg = DataConfig(task="hh", dir=str(data_dir), eval_size=6)
+    sft = sft_examples(cfg, 100)
+    assert len(sft) == 24
+    assert all(ex["prompt"].endswith("\n\nAssistant:") and ex["completion"].startswith(" good") for ex in sft)
+    held_out = generation_prompts(cfg, "eval")
+    assert all(p["reference"].startswith(" good") for p in held_out)
+    pairs = human_pairs(cfg, 100)
+    assert len(pairs) == 24
+    assert not {p["prompt"] for p in pairs} & {p["prompt"] for p in held_out}
+    assert all(p["chosen"].startswith(" good") and p["rejected"].startswith(" bad") for p in pairs)
+
+
+def test_env_data_dir_is_used_when_config_has_none(data_dir, monkeypatch):
+    monkeypatch.setenv("ALIGNPIPE_DATA_DIR", str(data_dir))
+    assert [a["id"] for a in ood_articles(None, 3)] == ["id0", "id1", "id2"]
+    assert len(sft_examples(DataConfig(task="hh", eval_size=2), 5)) == 5
+
+
+def test_builtin_fallback_when_offline(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALIGNPIPE_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceUnavailable, match=r"stanfordnlp/imdb\[train\].*offline.*builtin_fallback"):
+        sft_examples(DataConfig(task="imdb"), 5)
+    cfg = DataConfig(task="imdb", builtin_fallback=True, eval_size=10)
+    assert len(sft_examples(cfg, 20)) == 20
+    assert len(generation_prompts(cfg, "eval")) == 10
+    assert ood_articles(None, 3, builtin_fallback=True) == builtin_records("cnn_dailymail")[:3]
+    # A data dir without the file also falls back; a task with no built-in set fails clearly.
+    assert len(sft_examples(cfg.model_copy(update={"dir": str(tmp_path)}), 5)) == 5
+    with pytest.raises(SourceUnavailable, match="hh-rlhf"):
+        sft_examples(DataConfig(task="hh", builtin_fallback=True), 5)
+
+
+def test_builtin_sets_are_well_formed():
+    reviews = builtin_records("imdb")
+    assert len(reviews) >= 75 and {r["label"] for r in reviews} == {0, 1}
+    assert all(40 <= len(r["text"].replace("<br /><br />", " ").split()) <= 120 for r in reviews)
+    assert len({r["text"] for r in reviews}) == len(reviews)
+    news = builtin_records("cnn_dailymail")
+    assert len(news) >= 35 and len({n["id"] for n in news}) == len(news)
+
+
+def test_local_file_with_column_map(tmp_path):
+    import pandas as pd
+
+    rows = [{"question": f"Q{i}?", "good": f"A{i}", "bad": f"no{i}"} for i in range(12)]
+    path = tmp_path / "prefs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    cfg = DataConfig(task="local", local_path=str(path), eval_size=2,
+                     column_map={"prompt": "question", "chosen": "good", "rejected": "bad"})
+    assert len(sft_examples(cfg, 100)) == 10
+    pairs = human_pairs(cfg, 100)
+    assert len(pairs) == 10 and all(p["chosen"] == "A" + p["prompt"][1:-1] for p in pairs)
+    assert len(generation_prompts(cfg, "eval")) == 2
+    with pytest.raises(ValueError, match="local_path is required"):
+        sft_examples(DataConfig(task="local"), 1)
+    prompts_only = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts_only, [{"prompt": "p1"}, {"prompt": "p2"}])
+    with pytest.raises(ValueError, match="no record has both 'chosen' and 'rejected'"):
+        human_pairs(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), 1)
+    only_train = generation_prompts(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), "train")
+    assert only_train in ([{"prompt": "p1", "reference": None}], [{"prompt": "p2", "reference": None}])
+    with pytest.raises(ValueError, match=r"^prompts\.jsonl:[12]: field 'chosen' is missing"):
+        sft_examples(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), 1)
+
+
+def test_imdb_has_no_human_pairs_and_bad_arguments(data_dir):
+    cfg = DataConfig(task="imdb", dir=str(data_dir))
+    with pytest.raises(ValueError, match="no human preference pairs"):
+        human_pairs(cfg, 1)
+    with pytest.raises(ValueError, match="split must be"):
+        generation_prompts(cfg, "test", 1)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        sft_examples(cfg, 0)
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        generation_prompts(cfg.model_copy(update={"prefix_tokens": (5, 2)}), "train", 1)
+
+
+@pytest.mark.parametrize("task", ["imdb", "tldr", "hh"])
+def test_shared_data_builders(shared_data, task):
+    cfg = DataConfig(task=task, dir=str(shared_data), eval_size=64, seed=0)
+    sft = sft_examples(cfg, 200)
+    train = generation_prompts(cfg, "train", 300)
+    held_out = generation_prompts(cfg, "eval")
+    assert len(sft) == 200 and len(train) == 300 and len(held_out) == 64
+    assert all(ex["completion"].strip() for ex in sft)
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
+    if task != "imdb":
+        assert all(p["reference"] and p["reference"].startswith(" ") for p in held_out)
+
+
+def test_shared_data_pairs_and_articles(shared_data):
+    assert len(human_pairs(DataConfig(task="tldr", dir=str(shared_data)), 1000)) == 40
+    assert len(human_pairs(DataConfig(task="hh", dir=str(shared_data)), 500)) == 500
+    articles = ood_articles(shared_data, 100)
+    assert len(articles) == 100 and articles[0]["id"] == "f001ec5c4704938247d27a44948eebb37ae98d01"
