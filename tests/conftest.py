@@ -58,3 +58,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip("../shared/data not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def ephemeral_prefect(tmp_path):
+    """A temporary Prefect server with its home and database in tmp, never the user's configured one."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    updates = {
+        PREFECT_HOME: str(home),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180,  # 2 shared cores can be slow
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no network: telemetry would only log errors
+    }
+    with temporary_settings(updates=updates, restore_defaults={PREFECT_API_URL}):
+        yield home

@@ -20,29 +20,6 @@ FAKES = "stage_doubles:SPECS"
 GPU_STAGES = {"sft", "pairs", "reference", "dpo"}
 
 
-@pytest.fixture
-def ephemeral_prefect(tmp_path):
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        temporary_settings,
-    )
-
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    updates = {
-        PREFECT_HOME: str(home),
-        PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180,  # 2 shared cores can be slow
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,  # no network: telemetry would only log errors
-    }
-    with temporary_settings(updates=updates, restore_defaults={PREFECT_API_URL}):
-        yield home
-
-
 def _task_runs(flow_run_id: str, expected: int) -> list:
     """Task runs reach the server as events, so allow them a moment to land."""
     from prefect import get_client

@@ -1,0 +1,49 @@
+"""Preference pairs from scored samples: all orderings, best-vs-worst, ties and empty samples."""
+import pytest
+
+from alignpipe.pairs import PairStats, pairs_from_scores
+
+
+def _pairs(comps, scores, pairing="all", min_margin=0.0):
+    stats = PairStats()
+    rows = pairs_from_scores("p", comps, scores, pairing=pairing, min_margin=min_margin, stats=stats, prompt_index=0)
+    return rows, stats
+
+
+def test_all_orderings_of_four_samples_give_six_pairs_chosen_higher():
+    rows, stats = _pairs([" a", " b", " c", " d"], [0.1, 0.9, -0.5, 0.3])
+    assert len(rows) == 6 and stats.pairs == 6 and stats.ties == 0
+    assert all(r["chosen_score"] > r["rejected_score"] and r["margin"] == pytest.approx(r["chosen_score"] - r["rejected_score"]) for r in rows)
+    assert {(r["chosen"], r["rejected"]) for r in rows} >= {(" b", " c"), (" d", " a")}
+
+
+def test_ties_are_dropped_and_counted():
+    rows, stats = _pairs([" a", " b", " c"], [0.5, 0.5, 0.52], min_margin=0.05)
+    assert rows == [] and stats.ties == 3
+
+
+def test_best_vs_worst():
+    rows, stats = _pairs([" a", " b", " c", " d"], [0.1, 0.9, -0.5, 0.3], pairing="best_worst")
+    assert [(r["chosen"], r["rejected"])for r in rows] == [(" b", " c")]
+
+
+def test_empty_samples_are_skipped_and_counted():
+    rows, stats = _pairs([" a", "", "  ", " d"], [0.1, 0.9, 0.8, 0.5])
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [(" d", " a")]
+    assert stats.empty == 2 and stats.as_metrics()["empty_samples"] == 2
+
+
+def test_identical_texts_are_ties():
+    rows, stats = _pairs([" same", " same"], [0.1, 0.9])
+    assert rows == [] and stats.ties == 1
+
+
+def test_margin_histogram_counts_every_pair():
+    _, stats = _pairs([" a", " b", " c", " d"], [0.1, 0.9, -0.5, 0.3])
+    hist = stats.margin_histogram(bins=4)
+    assert sum(hist["counts"]) == 6 and len(hist["edges"]) == 5
+
+
+def test_unknown_pairing_is_an_error():
+    with pytest.raises(ValueError, match="pairs.pairing"):
+        _pairs([" a", " b"], [0.0, 1.0], pairing="random")

@@ -1,0 +1,75 @@
+"""The whole pipeline, real stages, on a tiny random model and tiny data, through the Prefect flow.
+
+First run: every stage executes. Second run, same config: none does. Only dpo.beta changed:
+exactly dpo, evaluate, ood and report execute. MLflow holds a parent and a nested run per stage.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+ALL = ["sft", "pairs", "reference", "dpo", "evaluate", "ood", "report"]
+
+
+def _tiny_config(tmp_path: Path, model_dir: Path) -> Path:
+    cfg = {
+        "extends": "demo",
+        "preset": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"sft_size": 16, "prompt_size": 6, "eval_size": 6},
+        "sft": {"batch_size": 8, "micro_batch_size": 4},
+        "pairs": {"generation": {"max_new_tokens": 10}},
+        "dpo": {"batch_size": 4, "micro_batch_size": 4, "checkpoint_every": 2},
+        "evaluate": {"n_prompts": 6, "temperatures": [1.0], "generation": {"max_new_tokens": 10}},
+        "ood": {"n_articles": 4, "temperatures": [0.0], "generation": {"max_new_tokens": 10}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefect):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import alignpipe_pipeline
+
+    config = _tiny_config(tmp_path, tiny_model_dir)
+    first = alignpipe_pipeline(config_path=str(config))
+    assert first["executed"] == ALL and first["reused"] == []
+
+    report = Path(first["report"])
+    assert report.exists() and "win rate" in report.read_text().lower()
+    store = Path(first["run_dir"]) / "store"
+    dpo_dir = next((store / "dpo").glob("*/manifest.json")).parent
+    assert (dpo_dir / "model" / "config.json").exists() and (dpo_dir / "history.jsonl").exists()
+    assert not list((store / "dpo").glob(".resume-*")), "checkpoints are removed once the stage is published"
+    pairs = json.loads(next((store / "pairs").glob("*/stats.json")).read_text())
+    assert pairs["pairs"] > 0 and pairs["pairs"] + pairs["ties"] == 6 * pairs["prompts"]
+
+    second = alignpipe_pipeline(config_path=str(config))
+    assert second["executed"] == [] and second["reused"] == ALL
+
+    third = alignpipe_pipeline(config_path=str(config), overrides=["dpo.beta=0.5"])
+    assert third["executed"] == ["dpo", "evaluate", "ood", "report"]
+    assert third["reused"] == ["sft", "pairs", "reference"]
+
+    mlflow = MlflowClient(first["tracking_uri"])
+    parent = mlflow.get_run(first["mlflow_run_id"])
+    assert parent.data.tags["pipeline"] == "tiny" and parent.info.status == "FINISHED"
+    assert "dpo/final_loss" in parent.data.metrics and "evaluate/win_rate/sft/t1" in parent.data.metrics
+    children = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(ALL)
+    assert all(r.data.tags["cached"] == "false" for r in children)
+    dpo_run = next(r for r in children if r.data.tags["stage"] == "dpo")
+    assert [m.step for m in mlflow.get_metric_history(dpo_run.info.run_id, "dpo/loss")] == [1, 2, 3]
+    last = mlflow.get_run(third["mlflow_run_id"])
+    assert "evaluate/win_rate/sft/t1" in last.data.metrics  # headline metrics even when reused
+    reused = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{third['mlflow_run_id']}'")
+    assert {r.data.tags["stage"]: r.data.tags["cached"] for r in reused}["sft"] == "true"
