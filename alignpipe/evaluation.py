@@ -27,7 +27,8 @@ class EvalTables:
     usage: dict[str, float] = field(default_factory=lambda: {"cost_usd": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "n_cached": 0.0})
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        out = dict(self.usage)
+        """Win rates first (they head the CLI summary), then reward/KL, then the judge's bill."""
+        out: dict[str, float] = {}
         for r in self.win_rates:
             key = f"{prefix}win_rate/{r['baseline']}/t{r['temperature']:g}"
             if r["win_rate"] is not None:
@@ -38,6 +39,7 @@ class EvalTables:
             out[f"{prefix}reward/{r['policy']}/t{r['temperature']:g}"] = r["mean_reward"]
             if r.get("kl") is not None:
                 out[f"{prefix}kl/{r['policy']}/t{r['temperature']:g}"] = r["kl"]
+        out.update({f"{prefix}judge/{k}": v for k, v in self.usage.items()})
         return out
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from alignpipe.batching import length_sorted_batches
 
 
 @dataclass
@@ -30,12 +31,6 @@ def batch_seed(seed: int, batch_index: int) -> int:
     """A 63-bit seed for one batch, derived from (seed, batch index) only."""
     digest = hashlib.sha256(f"{seed}:{batch_index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Input indices grouped into batches of similar length, longest first (so memory peaks early)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

@@ -5,6 +5,7 @@ model built from the same config; the SFT stage saves that, and later stages loa
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from pathlib import Path
@@ -107,7 +108,11 @@ def load_base_model(name_or_path: str, gguf_file: Optional[str], offline_fallbac
     model = load_causal_lm(path, gguf)
     tok = load_tokenizer(path, gguf)
     if gguf is not None:  # GGUF-loaded models refuse save_pretrained: copy into a fresh one
-        fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="sdpa")
+        config = copy.deepcopy(model.config)
+        for attr in ("quantization_config", "_pre_quantization_dtype"):  # else reloads count as quantized
+            if hasattr(config, attr):
+                delattr(config, attr)
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
         missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
         if [k for k in missing if not k.endswith("lm_head.weight")] or unexpected:
             raise RuntimeError(f"{gguf}: weights do not match the model config")

@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from alignpipe.generate import batch_seed, generate, length_sorted_batches
+from alignpipe.batching import length_sorted_batches
+from alignpipe.generate import batch_seed, generate
 
 PROMPTS = [
     "hello",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
 from alignpipe.dpo.scoring import pair_collator, resolve_prefix_sharing
 from alignpipe.stages.base import StageContext, StageSpec
@@ -24,6 +26,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         raise ValueError(f"reference: {len(ref_chosen)} log-probs for {len(pairs)} pairs; rerun the reference stage")
     items = [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(pairs, ref_chosen, ref_rejected)]
     sharing = resolve_prefix_sharing(model, pairs[:2], tok.pad_token_id, dcfg.prefix_sharing)
+    torch.manual_seed(dcfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, dcfg.lora)
     result = train(
         model,

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import random
 
+import torch
+
 from alignpipe.data import sft_examples
 from alignpipe.models import default_device, load_base_model
 from alignpipe.sft import SFTObjective, evaluate_nll
@@ -29,6 +31,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     examples, stats = tokenize_examples(tok, records[n_eval:], max_length=scfg.max_length, max_prompt_length=scfg.max_prompt_length)
     eval_examples, _ = tokenize_examples(tok, records[:n_eval], max_length=scfg.max_length, max_prompt_length=scfg.max_prompt_length)
 
+    torch.manual_seed(scfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, scfg.lora)
     before = evaluate_nll(model, eval_examples, tok.pad_token_id)
     result = train(
@@ -60,7 +63,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 SPEC = StageSpec(
     name="sft",
     upstream=(),
-    version="1",
+    version="2",  # 2: the saved config no longer carries the GGUF quantization_config
     config_slice=config_slice,
     run=run,
     artifacts=("history.jsonl", "metrics.json"),
