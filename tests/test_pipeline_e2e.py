@@ -68,7 +68,8 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert sorted(r.data.tags["stage"] for r in children) == sorted(ALL)
     assert all(r.data.tags["cached"] == "false" for r in children)
     dpo_run = next(r for r in children if r.data.tags["stage"] == "dpo")
-    assert [m.step for m in mlflow.get_metric_history(dpo_run.info.run_id, "dpo/loss")] == [1, 2, 3]
+    steps = int(parent.data.metrics["dpo/steps"])
+    assert steps >= 2 and [m.step for m in mlflow.get_metric_history(dpo_run.info.run_id, "dpo/loss")] == list(range(1, steps + 1))
     last = mlflow.get_run(third["mlflow_run_id"])
     assert "evaluate/win_rate/sft/t1" in last.data.metrics  # headline metrics even when reused
     reused = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{third['mlflow_run_id']}'")

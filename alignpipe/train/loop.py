@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import resource
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -71,10 +70,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
 
 
-def _peak_memory_mb(device: torch.device) -> float:
+def _memory_mb(device: torch.device) -> float:
+    """Peak CUDA allocation, or on CPU the process's resident memory now (the loop keeps the max:
+    the process-lifetime peak would include whatever earlier stages of the pipeline loaded)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _plan(cfg: TrainConfig, n_items: int, world: int) -> tuple[int, int, int]:
@@ -124,6 +127,9 @@ def train(
         log.info("resumed from %s (step %d of %d)", ckpt, start_step, total_steps)
 
     started = time.perf_counter()
+    peak_mb = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=rank != 0, unit="step")
     for step in range(start_step, total_steps):
         epoch, k = divmod(step, steps_per_epoch)
@@ -157,6 +163,7 @@ def train(
             totals = accelerator.reduce(totals, reduction="sum")
         totals = dict(zip(names, totals.tolist()))
         seconds = time.perf_counter() - t0
+        peak_mb = max(peak_mb, _memory_mb(device))
         metrics = {n: v / n_units for n, v in totals.items() if not n.startswith("_")}
         metrics.update(
             {
@@ -167,7 +174,7 @@ def train(
                 "tokens_per_s": totals["_tokens"] / seconds,
                 "seconds_per_step": seconds,
                 "padding_fraction": 1 - totals["_tokens"] / totals["_padded"],
-                "peak_memory_mb": _peak_memory_mb(device),
+                "peak_memory_mb": peak_mb,
             }
         )
         result.history.append(metrics)
