@@ -57,6 +57,21 @@ def _completion_targets(row: int, width: int, start: int, completion: list[int],
     return [row * width + i for i in idx], completion
 
 
+def _padded_rows_batch(ids, mask, gather, targets, segment, num_segments: int) -> LogpBatch:
+    """A batch of independent right-padded rows with an ordinary 2-D padding mask."""
+    return LogpBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=None,
+        gather_index=torch.tensor(gather),
+        targets=torch.tensor(targets),
+        segment=torch.tensor(segment),
+        num_segments=num_segments,
+        real_tokens=int(mask.sum()),
+        padded_tokens=ids.numel(),
+    )
+
+
 def collate_concatenated(pairs: Sequence[TokenizedPair], pad_id: int) -> LogpBatch:
     """2B rows: [prompt|chosen] for each pair, then [prompt|rejected]. Works with any causal LM."""
     rows = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
@@ -72,17 +87,7 @@ def collate_concatenated(pairs: Sequence[TokenizedPair], pad_id: int) -> LogpBat
             gather += g
             targets += t
             segment += [row] * len(t)
-    return LogpBatch(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=None,
-        gather_index=torch.tensor(gather),
-        targets=torch.tensor(targets),
-        segment=torch.tensor(segment),
-        num_segments=2 * b,
-        real_tokens=int(mask.sum()),
-        padded_tokens=ids.numel(),
-    )
+    return _padded_rows_batch(ids, mask, gather, targets, segment, 2 * b)
 
 
 def prefix_shared_mask(prompt_len: torch.Tensor, chosen_len: torch.Tensor, total_len: torch.Tensor, width: int) -> torch.Tensor:
@@ -142,14 +147,4 @@ def collate_examples(examples: Sequence[TokenizedExample], pad_id: int) -> LogpB
         gather += g
         targets += t
         segment += [i] * len(t)
-    return LogpBatch(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=None,
-        gather_index=torch.tensor(gather),
-        targets=torch.tensor(targets),
-        segment=torch.tensor(segment),
-        num_segments=len(examples),
-        real_tokens=int(mask.sum()),
-        padded_tokens=ids.numel(),
-    )
+    return _padded_rows_batch(ids, mask, gather, targets, segment, len(examples))

@@ -56,6 +56,15 @@ def save_model(model, tokenizer, out_dir: Path) -> Path:
     return path
 
 
+def publish_training(out_dir: Path, model, tokenizer, history: list[dict], metrics: dict[str, float]) -> None:
+    """A training stage's outputs: the model, its step history and headline metrics (main process only)."""
+    if not is_main_process():
+        return
+    save_model(model, tokenizer, out_dir)
+    write_jsonl(out_dir / "history.jsonl", history)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:

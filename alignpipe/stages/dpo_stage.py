@@ -1,14 +1,12 @@
 """DPO training of the SFT model on the pairs, against the stored reference log-probs."""
 from __future__ import annotations
 
-import json
-
 import torch
 
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
 from alignpipe.dpo.scoring import pair_collator, resolve_prefix_sharing
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import HistoryLogger, apply_lora, is_main_process, load_trainable, save_model, write_jsonl
+from alignpipe.stages.common import HistoryLogger, apply_lora, load_trainable, publish_training
 from alignpipe.stages.reference_stage import load_reference, tokenized_pairs
 from alignpipe.train.loop import train
 
@@ -49,10 +47,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         "peak_memory_mb": max(h["peak_memory_mb"] for h in result.history),
         "prefix_sharing": float(sharing == "on"),
     }
-    if is_main_process():
-        save_model(model, tok, ctx.out_dir)
-        write_jsonl(ctx.out_dir / "history.jsonl", result.history)
-        (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    publish_training(ctx.out_dir, model, tok, result.history, metrics)
     return metrics
 
 

@@ -32,32 +32,41 @@ def judge_cache_dir(ctx: StageContext):
 
 def write_tables(ctx: StageContext, tables, metrics: dict) -> None:
     write_jsonl(ctx.out_dir / "samples.jsonl", tables.samples)
-    write_parquet(ctx.out_dir / "verdicts.parquet", tables.verdicts) if tables.verdicts else None
+    if tables.verdicts:
+        write_parquet(ctx.out_dir / "verdicts.parquet", tables.verdicts)
     (ctx.out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
     (ctx.out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
     (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def run(ctx: StageContext) -> dict[str, float]:
-    cfg, ecfg = ctx.cfg, ctx.cfg.evaluate
-    prompts = generation_prompts(cfg.data, "eval", ecfg.n_prompts)
+def judge_and_tabulate(ctx: StageContext, prompts: list[dict], *, temperatures, baselines, generation, judge_cfg, compute_kl: bool = False):
+    """Load the DPO and SFT policies, sample, judge and tabulate: shared by evaluate and OOD."""
+    cfg = ctx.cfg
     policy, tok = load_stage_model(ctx.inputs["dpo"], cfg.model)
     sft, _ = load_stage_model(ctx.inputs["sft"], cfg.model)
-    judge = make_judge(ecfg.judge, judge_cache_dir(ctx))
-    tables = evaluate_policy(
+    return evaluate_policy(
         policy=policy,
         sft=sft,
         tokenizer=tok,
         prompts=prompts,
-        temperatures=ecfg.temperatures,
-        baselines=ecfg.baselines,
-        generation=ecfg.generation,
-        judge=judge,
-        judged_text=partial(scored_text, cfg.data.task) if ecfg.judge.backend == "reward" else (lambda p, c: c),
+        temperatures=temperatures,
+        baselines=baselines,
+        generation=generation,
+        judge=make_judge(judge_cfg, judge_cache_dir(ctx)),
+        judged_text=partial(scored_text, cfg.data.task) if judge_cfg.backend == "reward" else (lambda p, c: c),
         seed=cfg.seed,
-        compute_kl=ecfg.compute_kl,
-        kl_fn=lambda prompts_, samples: sequence_kl(policy, sft, tok, prompts_, samples, batch_size=ecfg.generation.batch_size),
+        compute_kl=compute_kl,
+        kl_fn=lambda prompts_, samples: sequence_kl(policy, sft, tok, prompts_, samples, batch_size=generation.batch_size),
     )
+
+
+def run(ctx: StageContext) -> dict[str, float]:
+    ecfg = ctx.cfg.evaluate
+    prompts = generation_prompts(ctx.cfg.data, "eval", ecfg.n_prompts)
+    tables = judge_and_tabulate(
+        ctx, prompts, temperatures=ecfg.temperatures, baselines=ecfg.baselines, generation=ecfg.generation,
+        judge_cfg=ecfg.judge, compute_kl=ecfg.compute_kl,
+    )  # fmt: skip
     metrics = tables.metrics()
     write_tables(ctx, tables, metrics)
     return metrics

@@ -6,16 +6,11 @@ openings and reports win rate vs SFT and mean reward, since movie-review policie
 """
 from __future__ import annotations
 
-from functools import partial
-
 from alignpipe.data import ood_articles
-from alignpipe.evaluation import evaluate_policy
-from alignpipe.judge import make_judge
 from alignpipe.report import PAPER_TABLE1
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import load_stage_model
-from alignpipe.stages.evaluate_stage import judge_cache_dir, write_tables
-from alignpipe.stages.pairs_stage import SENTIMENT_TASKS, scored_text
+from alignpipe.stages.evaluate_stage import judge_and_tabulate, write_tables
+from alignpipe.stages.pairs_stage import SENTIMENT_TASKS
 
 TLDR_TEMPLATE = "SUBREDDIT: r/news\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 
@@ -43,20 +38,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     cfg, ocfg = ctx.cfg, ctx.cfg.ood
     articles = ood_articles(cfg.data.dir, ocfg.n_articles, builtin_fallback=cfg.data.builtin_fallback)
     prompts = [{"prompt": ood_prompt(cfg.data.task, a["article"], ocfg.article_chars), "reference": " " + a["highlights"].replace("\n", " ")} for a in articles]
-    policy, tok = load_stage_model(ctx.inputs["dpo"], cfg.model)
-    sft, _ = load_stage_model(ctx.inputs["sft"], cfg.model)
-    judge = make_judge(ocfg.judge, judge_cache_dir(ctx))
-    tables = evaluate_policy(
-        policy=policy,
-        sft=sft,
-        tokenizer=tok,
-        prompts=prompts,
-        temperatures=ocfg.temperatures,
-        baselines=[ocfg.baseline],
-        generation=ocfg.generation,
-        judge=judge,
-        judged_text=partial(scored_text, cfg.data.task) if ocfg.judge.backend == "reward" else (lambda p, c: c),
-        seed=cfg.seed,
+    tables = judge_and_tabulate(
+        ctx, prompts, temperatures=ocfg.temperatures, baselines=[ocfg.baseline], generation=ocfg.generation, judge_cfg=ocfg.judge
     )
     for row in tables.win_rates:  # the paper's Table 1 beside ours, for the same temperature
         for method, by_t in PAPER_TABLE1.items():

@@ -1,7 +1,6 @@
 """SFT: completion-only fine-tuning of the base model (IMDb reviews, TL;DR summaries, HH's preferred replies)."""
 from __future__ import annotations
 
-import json
 import random
 
 import torch
@@ -10,7 +9,7 @@ from alignpipe.data import sft_examples
 from alignpipe.models import default_device, load_base_model
 from alignpipe.sft import SFTObjective, evaluate_nll
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import HistoryLogger, apply_lora, is_main_process, save_model, write_jsonl
+from alignpipe.stages.common import HistoryLogger, apply_lora, publish_training
 from alignpipe.tokenization import tokenize_examples
 from alignpipe.train.loop import train
 
@@ -53,10 +52,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         **after,
         **stats.as_metrics("data"),
     }
-    if is_main_process():
-        save_model(model, tok, ctx.out_dir)
-        write_jsonl(ctx.out_dir / "history.jsonl", result.history)
-        (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    publish_training(ctx.out_dir, model, tok, result.history, metrics)
     return metrics
 
 
