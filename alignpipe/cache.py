@@ -150,7 +150,7 @@ def _list_files(root: Path) -> tuple[FileEntry, ...]:
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
+        json.dump(data, fh, indent=2)  # insertion order: a stage's metrics keep the order it chose
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

@@ -89,6 +89,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _results_table(stage: str, metrics: dict[str, float]) -> Optional[Table]:
+    """The evaluation stages' answer, one row per (baseline, temperature): did DPO beat it, at what reward and KL?"""
+    rows = sorted(
+        {tuple(k.split("/")[1:3]) for k in metrics if k.startswith("win_rate/") and k.count("/") == 2},
+        key=lambda bt: (bt[0], float(bt[1][1:])),
+    )
+    if not rows:
+        return None
+    title = "DPO vs baselines, held-out prompts" if stage == "evaluate" else "DPO out of distribution (CNN/DailyMail)"
+    table = _table(title, "vs", "T", "DPO win rate", "reward DPO", "reward SFT", "KL nats")
+    for baseline, t in rows:
+        get = lambda key: metrics.get(key)  # noqa: E731
+        wr, se = get(f"win_rate/{baseline}/{t}"), get(f"win_rate/{baseline}/{t}/stderr")
+        cells = [f"{wr:.2f} ± {se:.2f}" if se is not None else f"{wr:.2f}"]
+        cells += [f"{get(k):.3f}" if get(k) is not None else "-" for k in (f"reward/dpo/{t}", f"reward/sft/{t}", f"kl/dpo/{t}")]
+        table.add_row(baseline, t[1:], *cells)
+    return table
+
+
 def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfig] = None) -> None:
     console = _out()
     table = _table(f"alignpipe: {len(summary['executed'])} ran, {len(summary['reused'])} reused",
@@ -100,6 +119,10 @@ def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfi
             metrics += f"  (+{len(items) - SUMMARY_METRICS} in MLflow)"
         table.add_row(stage["name"], "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", metrics)
     console.print(table)
+    for stage in summary["stages"]:
+        results = _results_table(stage["name"], stage["metrics"])
+        if results is not None:
+            console.print(results)
     console.print(f"outputs:  {summary['run_dir']}/store", highlight=False, soft_wrap=True)
     if summary.get("mlflow_run_id"):
         console.print(f"mlflow:   run {summary['mlflow_run_id']} in {summary['tracking_uri']}", highlight=False, soft_wrap=True)

@@ -111,3 +111,21 @@ def test_ui_and_schedule_print_commands(config):
     assert sched.exit_code == 0, sched.output
     assert "prefect deploy flows/pipeline.py:alignpipe_pipeline --name alignpipe-nightly --pool gpu-pool" in sched.output
     assert "--cron '0 3 * * *'" in sched.output and '"overrides": ["dpo.beta=0.2"]' in sched.output
+
+
+def test_results_table_lists_win_rate_reward_and_kl_per_temperature():
+    from rich.console import Console
+
+    from alignpipe.cli import _results_table
+
+    metrics = {
+        "win_rate/sft/t0.7": 0.7031, "win_rate/sft/t0.7/stderr": 0.0808, "win_rate/sft/t0.7/n_invalid": 0.0,
+        "win_rate/sft/t1": 0.64, "win_rate/sft/t1/stderr": 0.085,
+        "reward/dpo/t0.7": 0.634, "reward/sft/t0.7": 0.347, "kl/dpo/t0.7": 11.74, "judge/cost_usd": 0.0,
+    }  # fmt: skip
+    console = Console(width=120, record=True)
+    console.print(_results_table("evaluate", metrics))
+    text = console.export_text()
+    assert "0.70 ± 0.08" in text and "0.634" in text and "0.347" in text and "11.740" in text
+    assert text.index("0.7 ") < text.index("0.64 ± 0.09")  # temperatures in order
+    assert _results_table("sft", {"train_loss": 1.0}) is None

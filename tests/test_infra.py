@@ -208,7 +208,8 @@ def test_cpu_2proc_config_runs_two_gloo_processes(tmp_path):
         "from accelerate import Accelerator\n"
         "acc = Accelerator(cpu=True)\n"  # what alignpipe.train.loop.make_accelerator does without CUDA
         "total = acc.reduce(torch.tensor([acc.process_index + 1.0]), 'sum').item()\n"
-        "print(f'RANK {acc.process_index} {acc.num_processes} {acc.distributed_type.value} {acc.state.backend} {total}', flush=True)\n"
+        # one file per rank: two processes printing to one pipe can interleave their lines
+        "open(f'rank{acc.process_index}.txt', 'w').write(f'{acc.process_index} {acc.num_processes} {acc.distributed_type.value} {acc.state.backend} {total}')\n"
         "acc.end_training()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -217,7 +218,7 @@ def test_cpu_2proc_config_runs_two_gloo_processes(tmp_path):
         capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = sorted(line.split()[1:] for line in result.stdout.splitlines() if line.startswith("RANK "))
+    ranks = sorted(f.read_text().split() for f in tmp_path.glob("rank*.txt"))
     assert ranks == [["0", "2", "MULTI_CPU", "gloo", "3.0"], ["1", "2", "MULTI_CPU", "gloo", "3.0"]]
 
 
