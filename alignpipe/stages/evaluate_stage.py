@@ -30,13 +30,19 @@ def judge_cache_dir(ctx: StageContext):
     return ctx.out_dir.parent / ".judge-cache"
 
 
-def write_tables(ctx: StageContext, tables, metrics: dict) -> None:
+EVAL_ARTIFACTS = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json")
+
+
+def write_tables(ctx: StageContext, tables) -> dict[str, float]:
+    """Samples, verdicts and win-rate/reward tables to the stage directory; returns the headline metrics."""
+    metrics = tables.metrics()
     write_jsonl(ctx.out_dir / "samples.jsonl", tables.samples)
     if tables.verdicts:
         write_parquet(ctx.out_dir / "verdicts.parquet", tables.verdicts)
     (ctx.out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
     (ctx.out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
     (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
 
 def judge_and_tabulate(ctx: StageContext, prompts: list[dict], *, temperatures, baselines, generation, judge_cfg, compute_kl: bool = False):
@@ -67,9 +73,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         ctx, prompts, temperatures=ecfg.temperatures, baselines=ecfg.baselines, generation=ecfg.generation,
         judge_cfg=ecfg.judge, compute_kl=ecfg.compute_kl,
     )  # fmt: skip
-    metrics = tables.metrics()
-    write_tables(ctx, tables, metrics)
-    return metrics
+    return write_tables(ctx, tables)
 
 
 SPEC = StageSpec(
@@ -78,6 +82,6 @@ SPEC = StageSpec(
     version="1",
     config_slice=config_slice,
     run=run,
-    artifacts=("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json"),
+    artifacts=EVAL_ARTIFACTS,
     uses_gpu=True,
 )

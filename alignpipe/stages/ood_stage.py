@@ -9,7 +9,7 @@ from __future__ import annotations
 from alignpipe.data import ood_articles
 from alignpipe.report import PAPER_TABLE1
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.evaluate_stage import judge_and_tabulate, write_tables
+from alignpipe.stages.evaluate_stage import EVAL_ARTIFACTS, judge_and_tabulate, write_tables
 from alignpipe.stages.pairs_stage import SENTIMENT_TASKS
 
 TLDR_TEMPLATE = "SUBREDDIT: r/news\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
@@ -45,9 +45,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         for method, by_t in PAPER_TABLE1.items():
             if row["temperature"] in by_t:
                 row[f"paper_{method.lower()}"] = by_t[row["temperature"]]
-    metrics = tables.metrics()
-    write_tables(ctx, tables, metrics)
-    return metrics
+    return write_tables(ctx, tables)
 
 
 SPEC = StageSpec(
@@ -56,6 +54,6 @@ SPEC = StageSpec(
     version="1",
     config_slice=config_slice,
     run=run,
-    artifacts=("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json"),
+    artifacts=EVAL_ARTIFACTS,
     uses_gpu=True,
 )
