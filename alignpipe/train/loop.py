@@ -175,6 +175,7 @@ def train(
                 "seconds_per_step": seconds,
                 "padding_fraction": 1 - totals["_tokens"] / totals["_padded"],
                 "peak_memory_mb": peak_mb,
+                "processes": world,
             }
         )
         result.history.append(metrics)
