@@ -77,13 +77,18 @@ class HFClassifierScorer:
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = torch.device(device) if device else default_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_name_or_path))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_name_or_path))
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_name_or_path))
+        except OSError as e:  # not a local dir, not on the hub, or the hub unreachable
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"reward classifier '{model_name_or_path}' cannot be loaded: {first}") from e
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Right padding keeps every real token at its unpadded position, so a text's score does
         # not depend on what it was batched with.
         self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(model_name_or_path)).to(self.device).eval()
+        self.model = model.to(self.device).eval()
         if self.model.config.pad_token_id is None:
             # Decoder classifiers pool the last non-pad token, so they must know the pad id.
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -91,3 +91,9 @@ def test_make_scorer_builds_the_hf_classifier(tiny_classifier_dir):
     scorer = make_scorer("hf_classifier", str(tiny_classifier_dir))
     assert scorer.name == f"hf_classifier:{tiny_classifier_dir}"
     assert len(scorer.score([POSITIVE])) == 1
+
+
+def test_unloadable_classifier_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="reward classifier 'org/not-here' cannot be loaded"):
+        make_scorer("hf_classifier", "org/not-here")
