@@ -20,11 +20,14 @@ def is_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARS)
 
 
+def check_hub() -> bool:
+    """True when the hub answers. The environment is read on every call (offline mode can be set at
+    any time); the network probe runs once per process and, when it fails, sets offline mode."""
+    return not is_offline() and _probe()
+
+
 @lru_cache(maxsize=1)
-def check_hub(timeout_s: float = 4.0) -> bool:
-    """True when the hub answers; otherwise switch this process (and its children) to offline mode."""
-    if is_offline():
-        return False
+def _probe(timeout_s: float = 4.0) -> bool:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models?limit=1", method="HEAD"), timeout=timeout_s)

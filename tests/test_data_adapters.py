@@ -81,7 +81,7 @@ def test_offline_env_means_hub_unavailable_without_trying(monkeypatch, variable)
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv(variable, "1")
-    monkeypatch.setattr("alignpipe.hub.check_hub", lambda *args, **kwargs: pytest.fail("the hub was probed"))
+    monkeypatch.setattr("alignpipe.hub._probe", lambda *args, **kwargs: pytest.fail("the hub was probed"))
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was tried"))
     with pytest.raises(SourceUnavailable, match="offline"):
         hub_rows("stanfordnlp/imdb", "train")
@@ -94,7 +94,7 @@ def fake_hub(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr("alignpipe.hub.check_hub", lambda *args, **kwargs: True)  # no real probe
+    monkeypatch.setattr("alignpipe.hub._probe", lambda *args, **kwargs: True)  # no real probe
     tables: dict[str, list[dict]] = {}
     calls: list[tuple] = []
 

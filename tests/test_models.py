@@ -31,3 +31,15 @@ def test_unreachable_model_without_fallback_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="model.name_or_path: 'org/missing' is not a local path"):
         resolve_source("org/missing", None, "none")
+
+
+def test_offline_env_set_after_a_successful_probe_still_wins(monkeypatch):
+    """The probe's answer is cached per process; the environment is read on every call."""
+    from alignpipe import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "_probe", lambda: True)
+    assert hub.check_hub()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub.check_hub()

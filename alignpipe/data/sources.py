@@ -44,10 +44,9 @@ def data_dir_file(data_dir: Path, name: str) -> Path:
 
 
 def hub_offline() -> bool:
-    """Offline when the env says so (checked on every call), or when the one per-process hub probe failed."""
-    from alignpipe.hub import check_hub, is_offline
+    from alignpipe.hub import check_hub
 
-    return is_offline() or not check_hub()
+    return not check_hub()
 
 
 def hub_rows(repo_id: str, split: str, config: Optional[str] = None, revision: Optional[str] = None) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -93,7 +93,8 @@ def pair_logps(
     """Summed log-probs of each pair's chosen and rejected completion (NaN for pairs dropped by truncation)."""
     tokenized, stats = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length)
     c, r = tokenized_pair_logps(model, tokenized, tokenizer.pad_token_id, batch_size=batch_size, prefix_sharing=prefix_sharing)
-    kept = [i for i in range(len(pairs)) if i not in set(stats.dropped_indices)]
+    dropped = set(stats.dropped_indices)
+    kept = [i for i in range(len(pairs)) if i not in dropped]
     chosen = torch.full((len(pairs),), float("nan"))
     rejected = torch.full((len(pairs),), float("nan"))
     chosen[kept], rejected[kept] = c, r
