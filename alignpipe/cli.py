@@ -219,7 +219,8 @@ def stage(
 
 @app.command()
 def schedule(
-    cron: str = typer.Option(..., "--cron", help='Cron expression, e.g. "0 3 * * *".'),
+    cron: Optional[str] = typer.Option(None, "--cron", help='Cron expression, e.g. "0 3 * * *".'),
+    interval: Optional[float] = typer.Option(None, "--interval", metavar="SECONDS", help="Run every SECONDS instead of on a cron."),
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: list[str] = SetOpt,
@@ -227,32 +228,37 @@ def schedule(
     name: str = typer.Option("alignpipe-nightly", "--name", help="Deployment name."),
     apply: bool = typer.Option(False, "--apply", help="With --work-pool: create the deployment now (needs PREFECT_API_URL)."),
 ) -> None:
-    """Run the pipeline on a cron schedule: serve it from this process, or deploy it to a work pool."""
+    """Run the pipeline on a schedule: serve it from this process, or deploy it to a work pool."""
     from flows import schedule as sched
 
     _config(preset, config, set_)  # fail now, not at 3 a.m.
     try:
-        sched.validate_cron(cron)
+        when = sched.timing(cron, interval)
     except ValueError as e:
         _fail(str(e))
     params = sched.flow_parameters(preset, set_, str(config) if config else None)
+    every = f"cron '{cron}'" if cron is not None else f"every {interval:g} s"
     if work_pool is None:
         if apply:
             _fail("--apply: only meaningful with --work-pool")
-        _out().print(f"serving '{name}' on cron '{cron}' (Ctrl-C stops it)", highlight=False)
-        sched.serve(cron, params, name)
+        _out().print(f"serving '{name}' {every} (Ctrl-C stops it)", highlight=False)
+        sched.serve(when, params, name)
         return
     if not apply:
         _out().print("Create the deployment with:", highlight=False)
-        _out().print(sched.deploy_command(cron, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
+        _out().print(sched.deploy_command(when, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
         _out().print(f"then start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
         return
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    api = PREFECT_API_URL.value()
+    if not api:
         _fail("--apply: no Prefect server configured; set PREFECT_API_URL (a work pool needs a running server)")
-    deployment_id = sched.deploy(cron, work_pool, params, name)
-    _out().print(f"deployment {name} created ({deployment_id}) in pool {work_pool}", highlight=False)
+    if not sched.work_pool_exists(work_pool):
+        _fail(f"--work-pool {work_pool}: no such work pool on {api} (create it: prefect work-pool create {shlex.quote(work_pool)} --type process)")
+    deployment_id = sched.deploy(when, work_pool, params, name)
+    _out().print(f"deployment {name} created ({deployment_id}) in pool {work_pool}, {every}", highlight=False)
+    _out().print(f"start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
 
 
 def _run_row_metrics(runs: list, metric: list[str]) -> list[str]:

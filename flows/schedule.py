@@ -1,8 +1,10 @@
-"""Scheduled pipeline runs: serve a cron deployment from this process, or deploy to a work pool.
+"""Scheduled pipeline runs: serve a cron or interval deployment from this process, or deploy to a work pool.
 
 `serve` needs no infrastructure beyond a Prefect API (it starts the ephemeral one if none is
-configured) but runs only while the process lives. A work-pool deployment survives restarts;
-it needs a Prefect server (PREFECT_API_URL) and a worker polling the pool.
+configured) but runs only while the process lives: the server's scheduler creates the runs and
+this process executes them. A work-pool deployment survives restarts; it needs a Prefect server
+(PREFECT_API_URL) and a worker polling the pool (`prefect worker start --pool NAME`).
+Both are tested against a real `prefect server start` (tests/test_schedule_real.py).
 """
 from __future__ import annotations
 
@@ -28,6 +30,17 @@ def validate_cron(cron: str) -> str:
     return cron
 
 
+def timing(cron: Optional[str], interval: Optional[float]) -> dict[str, Any]:
+    """Exactly one of cron / interval (seconds), as the keyword Prefect's serve() and deploy() take."""
+    if (cron is None) == (interval is None):
+        raise ValueError("--cron / --interval: give exactly one of them")
+    if cron is not None:
+        return {"cron": validate_cron(cron)}
+    if interval <= 0:
+        raise ValueError(f"--interval {interval:g}: must be a positive number of seconds")
+    return {"interval": float(interval)}
+
+
 def flow_parameters(
     preset: str, overrides: Sequence[str] = (), config_path: Optional[str] = None
 ) -> dict[str, Any]:
@@ -39,35 +52,36 @@ def flow_parameters(
     return params
 
 
-def serve(cron: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> None:
-    """Serve the flow on a cron schedule from this process (blocks until interrupted)."""
+def serve(when: dict[str, Any], parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> None:
+    """Serve the flow on a schedule from this process (blocks until interrupted)."""
     from flows.pipeline import alignpipe_pipeline
 
-    alignpipe_pipeline.serve(name=name, cron=validate_cron(cron), parameters=parameters)
+    alignpipe_pipeline.serve(name=name, parameters=parameters, **when)
 
 
-def deploy_command(cron: str, work_pool: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> str:
+def deploy_command(when: dict[str, Any], work_pool: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> str:
     """The `prefect deploy` command line that creates the same deployment in a work pool."""
-    argv = [
-        "prefect", "deploy", ENTRYPOINT,
-        "--name", name,
-        "--pool", work_pool,
-        "--cron", validate_cron(cron),
-        "--params", json.dumps(parameters, sort_keys=True),
-    ]  # fmt: skip
+    argv = ["prefect", "deploy", ENTRYPOINT, "--name", name, "--pool", work_pool]
+    argv += ["--cron", when["cron"]] if "cron" in when else ["--interval", f"{when['interval']:g}"]
+    argv += ["--params", json.dumps(parameters, sort_keys=True)]
     return f"cd {shlex.quote(str(REPO_ROOT))} && {shlex.join(argv)}"
 
 
-def deploy(cron: str, work_pool: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> Any:
-    """Create the deployment in a work pool now (code is loaded from this checkout by the worker)."""
+def work_pool_exists(name: str) -> bool:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def deploy(when: dict[str, Any], work_pool: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> Any:
+    """Create the deployment in a work pool now (a worker loads the code from this checkout)."""
     from prefect import flow
 
     remote = flow.from_source(source=str(REPO_ROOT), entrypoint=ENTRYPOINT)
-    return remote.deploy(
-        name=name,
-        work_pool_name=work_pool,
-        cron=validate_cron(cron),
-        parameters=parameters,
-        build=False,
-        push=False,
-    )
+    return remote.deploy(name=name, work_pool_name=work_pool, parameters=parameters, build=False, push=False, **when)

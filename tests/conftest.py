@@ -82,3 +82,17 @@ def ephemeral_prefect(tmp_path):
     }
     with temporary_settings(updates=updates, restore_defaults={PREFECT_API_URL}):
         yield home
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real `prefect server start` (scheduler included) on a free port, stopped with its children."""
+    from prefect_server import PrefectServer
+
+    home = tmp_path / "prefect-server-home"
+    home.mkdir()
+    server = PrefectServer(home, tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -50,6 +50,8 @@ def test_bad_option_values_exit_2_naming_the_option(config):
     _one_line_error(invoke("run", "--config", config.parent / "missing.yaml"), 2, "missing.yaml", "not found")
     _one_line_error(invoke("stage", "bogus", "--config", config), 2, "stage bogus", "unknown stage")
     _one_line_error(invoke("schedule", "--cron", "every night", "--config", config), 2, "--cron 'every night'")
+    _one_line_error(invoke("schedule", "--config", config), 2, "--cron / --interval", "exactly one")
+    _one_line_error(invoke("schedule", "--interval", "0", "--config", config), 2, "--interval 0", "positive")
     assert invoke("run", "--bogus").exit_code == 2  # click's own usage error
 
 

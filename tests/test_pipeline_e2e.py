@@ -9,30 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tiny_pipeline import ALL_STAGES as ALL
+from tiny_pipeline import tiny_pipeline_config
 
 pytestmark = pytest.mark.slow
-
-ALL = ["sft", "pairs", "reference", "dpo", "evaluate", "ood", "report"]
-
-
-def _tiny_config(tmp_path: Path, model_dir: Path) -> Path:
-    cfg = {
-        "extends": "demo",
-        "preset": "tiny",
-        "run_dir": str(tmp_path / "run"),
-        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"sft_size": 16, "prompt_size": 6, "eval_size": 6},
-        "sft": {"batch_size": 8, "micro_batch_size": 4},
-        "pairs": {"generation": {"max_new_tokens": 10}},
-        "dpo": {"batch_size": 4, "micro_batch_size": 4, "checkpoint_every": 2},
-        "evaluate": {"n_prompts": 6, "temperatures": [1.0], "generation": {"max_new_tokens": 10}},
-        "ood": {"n_articles": 4, "temperatures": [0.0], "generation": {"max_new_tokens": 10}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefect):
@@ -40,7 +21,7 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
 
     from flows.pipeline import alignpipe_pipeline
 
-    config = _tiny_config(tmp_path, tiny_model_dir)
+    config = tiny_pipeline_config(tmp_path, tiny_model_dir)
     first = alignpipe_pipeline(config_path=str(config))
     assert first["executed"] == ALL and first["reused"] == []
 
