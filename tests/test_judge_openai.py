@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alignpipe.judge import Comparison, JudgeUnavailableError
+from alignpipe.judge import Comparison, JudgeUnavailableError, describe
 from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST
 from fake_openai_server import BODY_FAULTS, FakeOpenAIServer
 from judge_items import PRICE_IN, PRICE_OUT, expected_wins, items, judge_for, server_keys
@@ -41,6 +41,24 @@ def test_every_item_judged_once_and_a_rerun_is_free(server, tmp_path):
     assert server.n_requests == 12  # nothing asked twice
     assert again.item_wins == result.item_wins and again.n_cached == 12 and all(v.cached for v in again.verdicts)
     assert (again.cost_usd, again.input_tokens, again.output_tokens) == (0.0, 0, 0)
+
+
+def test_without_prices_the_cost_is_unknown_not_zero(server, tmp_path, capsys):
+    result = judge_for(server.base_url, tmp_path, price_per_1k_input=None, price_per_1k_output=None).judge(items(4))
+    assert result.cost_usd is None and all(v.cost_usd is None for v in result.verdicts)
+    assert result.input_tokens == server.prompt_tokens > 0  # tokens are still counted
+    assert "judge/cost_usd" not in result.metrics("judge/") and result.metrics("judge/")["judge/input_tokens"] > 0
+    assert "cost unknown" in describe(result)
+    assert "cost" not in capsys.readouterr().err  # the progress bar shows no price it does not know
+    records = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["cost_usd"] for r in records] == [None] * 4
+    one_price = judge_for(server.base_url, tmp_path / "b", price_per_1k_output=None).judge(items(1))
+    assert one_price.cost_usd is None
+
+
+def test_with_prices_the_progress_bar_shows_the_spend(server, tmp_path, capsys):
+    result = judge_for(server.base_url, tmp_path).judge(items(4))
+    assert f"cost=${result.cost_usd:.4f}" in capsys.readouterr().err and f"cost ${result.cost_usd:.4f}" in describe(result)
 
 
 def test_a_new_seed_reorders_and_is_asked_afresh(server, tmp_path):

@@ -93,6 +93,13 @@ def test_summarize_excludes_invalid_and_counts_only_fresh_spend():
     assert summarize([_v(None)], 1).win_rate is None
 
 
+def test_one_unpriced_fresh_verdict_makes_the_cost_unknown_and_cached_ones_cost_nothing():
+    unknown = summarize([_v(1.0), _v(0.0, cost=None)], 1)
+    assert unknown.cost_usd is None and "cost_usd" not in unknown.metrics() and unknown.input_tokens == 20
+    assert summarize([_v(1.0, cached=True, cost=0.0)], 1).cost_usd == 0.0
+    assert summarize([], 1).cost_usd == 0.0
+
+
 def test_summarize_both_orders_averages_and_measures_disagreement():
     pairs = [(1.0, 1.0), (1.0, 0.0), (0.0, 0.0), (None, 1.0), (None, None)]
     verdicts = [_v(x, order=POLICY_FIRST) if j == 0 else _v(x, order=BASELINE_FIRST) for p in pairs for j, x in enumerate(p)]

@@ -91,7 +91,7 @@ class Judge:
             )
             fresh[request.key] = answer
             bar.update(1)
-            if answer.cost_usd:
+            if answer.cost_usd:  # None (unknown price) shows no cost rather than a wrong one
                 spent[0] += answer.cost_usd
                 bar.set_postfix(cost=f"${spent[0]:.4f}", refresh=False)
 
@@ -146,7 +146,9 @@ def describe(result: JudgeResult) -> str:
     parts = [f"win rate {rate}", f"valid {result.n_valid}", f"invalid {result.n_invalid}", f"cached {result.n_cached}"]
     if result.disagreement_rate is not None:
         parts.append(f"order disagreement {result.disagreement_rate:.3f}")
-    if result.cost_usd:
+    if result.cost_usd is None:
+        parts.append("cost unknown (no judge prices set)")
+    elif result.cost_usd:
         parts.append(f"cost ${result.cost_usd:.4f}")
     return ", ".join(parts)
 

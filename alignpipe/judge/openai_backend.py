@@ -7,7 +7,7 @@ choices (completions.py lists what the client raises or returns for each). A ref
 another 4xx, or a request that exhausts its retries, stops the run at once: no new request
 starts and nothing is retried, the ones in flight finish and are saved, and the run raises
 JudgeUnavailableError. The API key is read from OPENAI_API_KEY only and never appears in logs,
-errors or repr().
+errors or repr(). Cost is priced only from configured prices; without them it is None (unknown).
 """
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ class OpenAIBackend:
         concurrency: int = 8,
         max_retries: int = 6,
         timeout_s: float = 60.0,
-        price_per_1k_input: float = 0.0,
-        price_per_1k_output: float = 0.0,
+        price_per_1k_input: Optional[float] = None,
+        price_per_1k_output: Optional[float] = None,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
     ) -> None:
@@ -137,8 +137,13 @@ class OpenAIBackend:
             done = await self._complete(client, messages, stop)
             text, tokens_in, tokens_out = done.text, tokens_in + done.input_tokens, tokens_out + done.output_tokens
             choice = parse_choice(text, self.template)
-        cost = tokens_in / 1000.0 * self.price_per_1k_input + tokens_out / 1000.0 * self.price_per_1k_output
-        return Answer(_LETTER_WINS.get(choice or ""), text, tokens_in, tokens_out, cost)
+        return Answer(_LETTER_WINS.get(choice or ""), text, tokens_in, tokens_out, self.price(tokens_in, tokens_out))
+
+    def price(self, tokens_in: int, tokens_out: int) -> Optional[float]:
+        """Dollars for these tokens at the configured prices; None (unknown) when a price is not set."""
+        if self.price_per_1k_input is None or self.price_per_1k_output is None:
+            return None
+        return tokens_in / 1000.0 * self.price_per_1k_input + tokens_out / 1000.0 * self.price_per_1k_output
 
     async def _complete(self, client: openai.AsyncOpenAI, messages: list[dict[str, str]], stop: asyncio.Event) -> Completion:
         """One chat completion at temperature 0, retried on transient failures until `stop` is set."""
