@@ -140,6 +140,8 @@ class JudgeConfig(Strict):
     # $ per 1k tokens, backend=openai; either one unset: the cost is reported as unknown, never guessed
     price_per_1k_input: Optional[float] = Field(None, ge=0)
     price_per_1k_output: Optional[float] = Field(None, ge=0)
+    # more invalid verdicts than this share (answers without a verdict line) fails judging
+    max_invalid_fraction: float = Field(0.2, ge=0, le=1)
 
 
 class EvaluateConfig(Strict):

@@ -1,12 +1,15 @@
-"""Where the judge's results are used: evaluation tables, presets and config.
+"""Where the judge's results are used: evaluation tables, judge-labelled pairs, presets and config.
 
-An unknown cost must stay unknown all the way to the metrics, against a real local server.
+An unknown cost must stay unknown all the way to the metrics, and the validity gate must stop
+every stage that judges, against a real local server.
 """
 from __future__ import annotations
 
 import pytest
 
 from alignpipe.evaluation import evaluate_policy
+from alignpipe.judge import JudgeInvalidVerdictsError, make_judge
+from alignpipe.stages.pairs_stage import judge_scores
 from fake_openai_server import FakeOpenAIServer
 from judge_items import PRICE_IN, PRICE_OUT, judge_for
 from pipeline_config import ConfigError, load_config
@@ -48,6 +51,19 @@ def test_evaluation_leaves_an_unknown_cost_out_and_sums_a_known_one(server, tmp_
     assert priced["judge/cost_usd"] == pytest.approx(spent_in / 1000 * PRICE_IN + spent_out / 1000 * PRICE_OUT)
 
 
+def test_the_gate_stops_evaluation(server, tmp_path, tiny_model, smol_tokenizer):
+    with pytest.raises(JudgeInvalidVerdictsError, match="judge openai:weak-judge"):
+        _evaluate(judge_for(server.base_url, tmp_path, model="weak-judge"), tiny_model, smol_tokenizer)
+
+
+def test_the_gate_stops_judge_labelled_pairs(server, tmp_path):
+    prompts = ["POST: my cat\n\nTL;DR:", "POST: my dog\n\nTL;DR:"]
+    completions = [["cat GOOD", "cat"], ["dog", "dog GOOD"]]
+    assert judge_scores(judge_for(server.base_url, tmp_path), prompts, completions) == [[1.0, 0.0], [0.0, 1.0]]
+    with pytest.raises(JudgeInvalidVerdictsError, match="have no valid verdict"):
+        judge_scores(judge_for(server.base_url, tmp_path, model="weak-judge"), prompts, completions)
+
+
 def test_paper_presets_price_their_openai_judge_and_the_others_cost_nothing():
     for preset in ("tldr", "hh"):
         cfg = load_config(preset)
@@ -60,6 +76,11 @@ def test_paper_presets_price_their_openai_judge_and_the_others_cost_nothing():
 
 def test_judge_config_defaults_and_one_line_errors(tmp_path):
     cfg = JudgeConfig()
-    assert (cfg.price_per_1k_input, cfg.price_per_1k_output) == (None, None)
+    assert (cfg.price_per_1k_input, cfg.price_per_1k_output, cfg.max_invalid_fraction) == (None, None, 0.2)
+    assert make_judge(JudgeConfig(backend="reward", max_invalid_fraction=0.5), tmp_path).max_invalid_fraction == 0.5
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(ConfigError) as err:
+            load_config("demo", overrides=[f"evaluate.judge.max_invalid_fraction={bad}"])
+        assert "evaluate.judge.max_invalid_fraction" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="evaluate.judge.price_per_1k_input"):
         load_config("demo", overrides=["evaluate.judge.price_per_1k_input=-1"])
