@@ -24,7 +24,8 @@ class EvalTables:
     reward_kl: list[dict] = field(default_factory=list)  # report.RewardKLRow
     samples: list[dict] = field(default_factory=list)
     verdicts: list[dict] = field(default_factory=list)
-    usage: dict[str, float] = field(default_factory=lambda: {"cost_usd": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "n_cached": 0.0})
+    # cost_usd turns None (unknown) once any judging call has no known price; metrics() then leaves it out
+    usage: dict[str, Optional[float]] = field(default_factory=lambda: {"cost_usd": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "n_cached": 0.0})
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Win rates first (they head the CLI summary), then reward/KL, then the judge's bill."""
@@ -39,7 +40,7 @@ class EvalTables:
             out[f"{prefix}reward/{r['policy']}/t{r['temperature']:g}"] = r["mean_reward"]
             if r.get("kl") is not None:
                 out[f"{prefix}kl/{r['policy']}/t{r['temperature']:g}"] = r["kl"]
-        out.update({f"{prefix}judge/{k}": v for k, v in self.usage.items()})
+        out.update({f"{prefix}judge/{k}": v for k, v in self.usage.items() if v is not None})  # unknown cost: absent, not 0
         return out
 
 
@@ -93,8 +94,9 @@ def evaluate_policy(
             ]
             res = judge.judge(items, desc=f"judging vs {b} @ T={t:g}")
             tables.win_rates.append({"temperature": t, "baseline": b, "win_rate": res.win_rate, "stderr": res.stderr, "n_valid": res.n_valid, "n_invalid": res.n_invalid})
-            for k in tables.usage:
-                tables.usage[k] += float(getattr(res, k))
+            for k, so_far in tables.usage.items():
+                value = getattr(res, k)
+                tables.usage[k] = None if so_far is None or value is None else so_far + float(value)
             for i, verdicts in enumerate(res.by_item()):
                 for v in verdicts:
                     tables.verdicts.append({"temperature": t, "baseline": b, "index": i, "policy_wins": v.policy_wins, "order": v.order, "cached": v.cached, "raw": v.raw})

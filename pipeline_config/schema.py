@@ -137,8 +137,11 @@ class JudgeConfig(Strict):
     timeout_s: float = Field(60.0, gt=0)
     both_orders: bool = False
     seed: int = 0
-    price_per_1k_input: float = Field(0.0025, ge=0)
-    price_per_1k_output: float = Field(0.01, ge=0)
+    # $ per 1k tokens, backend=openai; either one unset: the cost is reported as unknown, never guessed
+    price_per_1k_input: Optional[float] = Field(None, ge=0)
+    price_per_1k_output: Optional[float] = Field(None, ge=0)
+    # more invalid verdicts than this share (answers without a verdict line) fails judging
+    max_invalid_fraction: float = Field(0.2, ge=0, le=1)
 
 
 class EvaluateConfig(Strict):

@@ -6,12 +6,10 @@ import json
 
 import pytest
 
-from alignpipe.judge import Comparison, JudgeUnavailableError, make_judge
+from alignpipe.judge import Comparison, JudgeUnavailableError, describe
 from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST
-from fake_openai_server import FakeOpenAIServer
-from pipeline_config.schema import JudgeConfig
-
-PRICE_IN, PRICE_OUT = 0.5, 2.0  # $ per 1k tokens: large, so cost errors show
+from fake_openai_server import BODY_FAULTS, FakeOpenAIServer
+from judge_items import PRICE_IN, PRICE_OUT, expected_wins, items, judge_for, server_keys
 
 
 @pytest.fixture(autouse=True)
@@ -24,41 +22,6 @@ def api_env(monkeypatch):
 def server():
     with FakeOpenAIServer() as s:
         yield s
-
-
-def judge_for(base_url, cache_dir, **overrides):
-    settings = dict(
-        backend="openai",
-        model="judge-model",
-        base_url=base_url,
-        template="summarization",
-        concurrency=4,
-        max_retries=3,
-        timeout_s=5.0,
-        price_per_1k_input=PRICE_IN,
-        price_per_1k_output=PRICE_OUT,
-    )
-    cfg = JudgeConfig(**{**settings, **overrides})
-    return make_judge(cfg, cache_dir, backoff_base_s=0.001, backoff_max_s=0.01)
-
-
-def items(n, marker="", start=0):
-    """Even items: the policy's summary is the GOOD one; odd items: the baseline's."""
-    out = []
-    for i in range(start, start + n):
-        good_policy = i % 2 == 0
-        out.append(
-            Comparison(
-                prompt=f"SUBREDDIT: r/test\n\nTITLE: t{i}\n\nPOST: post number {i} {marker}\n\nTL;DR:",
-                policy=f"policy summary {i}" + (" GOOD" if good_policy else ""),
-                baseline=f"baseline summary {i}" + ("" if good_policy else " GOOD"),
-            )
-        )
-    return out
-
-
-def expected_wins(batch):
-    return [1.0 if "GOOD" in c.policy else 0.0 for c in batch]
 
 
 def test_every_item_judged_once_and_a_rerun_is_free(server, tmp_path):
@@ -80,6 +43,24 @@ def test_every_item_judged_once_and_a_rerun_is_free(server, tmp_path):
     assert (again.cost_usd, again.input_tokens, again.output_tokens) == (0.0, 0, 0)
 
 
+def test_without_prices_the_cost_is_unknown_not_zero(server, tmp_path, capsys):
+    result = judge_for(server.base_url, tmp_path, price_per_1k_input=None, price_per_1k_output=None).judge(items(4))
+    assert result.cost_usd is None and all(v.cost_usd is None for v in result.verdicts)
+    assert result.input_tokens == server.prompt_tokens > 0  # tokens are still counted
+    assert "judge/cost_usd" not in result.metrics("judge/") and result.metrics("judge/")["judge/input_tokens"] > 0
+    assert "cost unknown" in describe(result)
+    assert "cost" not in capsys.readouterr().err  # the progress bar shows no price it does not know
+    records = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [r["cost_usd"] for r in records] == [None] * 4
+    one_price = judge_for(server.base_url, tmp_path / "b", price_per_1k_output=None).judge(items(1))
+    assert one_price.cost_usd is None
+
+
+def test_with_prices_the_progress_bar_shows_the_spend(server, tmp_path, capsys):
+    result = judge_for(server.base_url, tmp_path).judge(items(4))
+    assert f"cost=${result.cost_usd:.4f}" in capsys.readouterr().err and f"cost ${result.cost_usd:.4f}" in describe(result)
+
+
 def test_a_new_seed_reorders_and_is_asked_afresh(server, tmp_path):
     batch = items(8)
     first = judge_for(server.base_url, tmp_path, seed=0).judge(batch)
@@ -90,13 +71,39 @@ def test_a_new_seed_reorders_and_is_asked_afresh(server, tmp_path):
     assert second.item_wins == first.item_wins == expected_wins(batch)
 
 
-def test_transient_faults_are_retried(tmp_path):
-    faulty = items(1, "[[429-once]]") + items(1, "[[500-once]]", start=1) + items(1, "[[slow-once]]", start=2)
-    batch = faulty + items(3, start=3)
-    with FakeOpenAIServer(slow_s=1.0) as server:
-        result = judge_for(server.base_url, tmp_path, timeout_s=0.3).judge(batch)
+@pytest.mark.parametrize("fault", ["429", "500", "502", "503", *BODY_FAULTS])
+def test_each_transient_fault_is_retried_once_and_nothing_else_is_asked_again(tmp_path, fault):
+    batch = items(1, f"[[once:{fault}]]") + items(3, start=1)
+    with FakeOpenAIServer(slow_s=4.0) as server:
+        # A timeout long enough that no answer of a loaded machine misses it, but the fault's does.
+        judge = judge_for(server.base_url, tmp_path, timeout_s=2.0 if fault == "timeout" else 10.0)
+        faulty = server_keys(judge, batch[:1]).popitem()[1]
+        result = judge.judge(batch)
     assert result.item_wins == expected_wins(batch) and result.n_invalid == 0
-    assert sorted(server.requests_by_key.values()) == [1, 1, 1, 2, 2, 2]
+    assert server.faults == {fault: 1}
+    assert server.requests_by_key[faulty] == 2 and sorted(server.requests_by_key.values()) == [1, 1, 1, 2]
+    assert set(server.answers_by_key.values()) == {1}  # each judgment received (and paid) once
+    assert (result.input_tokens, result.output_tokens) == (server.prompt_tokens, server.completion_tokens)
+
+
+def test_a_429_waits_as_long_as_retry_after_says(tmp_path):
+    with FakeOpenAIServer(retry_after="1") as server:
+        result = judge_for(server.base_url, tmp_path).judge(items(1, "[[once:429]]"))  # own backoff: ~1 ms
+        (times,) = server.request_times.values()
+    assert result.item_wins == [1.0] and len(times) == 2
+    assert times[1] - times[0] >= 1.0
+
+
+def test_a_judgment_that_keeps_failing_gives_up_naming_the_last_fault(tmp_path):
+    batch = items(2)
+    with FakeOpenAIServer() as server:
+        server.fault_for = lambda content, key, nth: "truncated_json"  # every request, forever
+        with pytest.raises(JudgeUnavailableError) as err:
+            judge_for(server.base_url, tmp_path, max_retries=2, concurrency=1).judge(batch)
+    message = str(err.value)
+    assert f"judge endpoint {server.base_url}: gave up after 3 attempts" in message
+    assert "(last: a 200 whose body is not JSON (JSONDecodeError))" in message and "\n" not in message
+    assert server.n_requests == 3  # the second item was never sent
 
 
 def test_malformed_answers_get_one_retry_then_count_invalid(server, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 from alignpipe.judge.aggregate import summarize
 from alignpipe.judge.cache import VerdictCache, cache_key
+from alignpipe.judge.gate import ValidityGate, snippet
 from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST, item_order, policy_wins, shown_texts
 from alignpipe.judge.parsing import parse_choice
 from alignpipe.judge.records import Verdict
@@ -93,6 +94,13 @@ def test_summarize_excludes_invalid_and_counts_only_fresh_spend():
     assert summarize([_v(None)], 1).win_rate is None
 
 
+def test_one_unpriced_fresh_verdict_makes_the_cost_unknown_and_cached_ones_cost_nothing():
+    unknown = summarize([_v(1.0), _v(0.0, cost=None)], 1)
+    assert unknown.cost_usd is None and "cost_usd" not in unknown.metrics() and unknown.input_tokens == 20
+    assert summarize([_v(1.0, cached=True, cost=0.0)], 1).cost_usd == 0.0
+    assert summarize([], 1).cost_usd == 0.0
+
+
 def test_summarize_both_orders_averages_and_measures_disagreement():
     pairs = [(1.0, 1.0), (1.0, 0.0), (0.0, 0.0), (None, 1.0), (None, None)]
     verdicts = [_v(x, order=POLICY_FIRST) if j == 0 else _v(x, order=BASELINE_FIRST) for p in pairs for j, x in enumerate(p)]
@@ -138,3 +146,24 @@ def test_cache_survives_a_torn_last_line(tmp_path):
     assert len(again) == 3 and again.get("k3")["first_wins"] == 0.0
     lines = cache.path.read_text().splitlines()
     assert json.loads(lines[-1])["key"] == "k3"
+
+
+def test_validity_gate_fails_only_once_the_share_of_all_verdicts_is_certain():
+    gate = ValidityGate(0.2, 10)
+    gate.add(False, "no verdict", count=2)  # an item asked twice in one call counts twice
+    assert not gate.failed  # 2 of 10 is not more than 0.2
+    for _ in range(5):
+        gate.add(True, "Preferred: A")
+    gate.add(False, "no verdict")
+    assert gate.failed and (gate.n_seen, gate.n_invalid) == (8, 3)  # certain before the last two arrive
+    assert gate.examples == ["no verdict"]
+    message = str(gate.error("reward:vader"))
+    assert "3 of the first 8 verdicts (38%)" in message and "of all 10, so judging stopped" in message
+    assert not ValidityGate(0.2, 0).failed
+    with pytest.raises(ValueError, match="judge.max_invalid_fraction"):
+        ValidityGate(1.5, 10)
+
+
+def test_snippet_is_one_quoted_line_cut_at_the_limit():
+    assert snippet("Comparison: x\nPreferred: C") == '"Comparison: x\\nPreferred: C"'
+    assert snippet("é" * 200, limit=5) == '"ééééé…"'

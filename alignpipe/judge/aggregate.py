@@ -31,6 +31,12 @@ def disagreement_rate(per_item: list[list[Verdict]]) -> Optional[float]:
     return sum(a != b for a, b in both_valid) / len(both_valid)
 
 
+def total_cost(verdicts: list[Verdict]) -> Optional[float]:
+    """What these verdicts cost; None (unknown) when any of them had no known price."""
+    costs = [v.cost_usd for v in verdicts]
+    return None if any(c is None for c in costs) else sum((c for c in costs if c is not None), 0.0)
+
+
 def summarize(verdicts: list[Verdict], verdicts_per_item: int) -> JudgeResult:
     if verdicts_per_item < 1 or len(verdicts) % verdicts_per_item:
         raise ValueError(f"{len(verdicts)} verdicts do not split into items of {verdicts_per_item}")
@@ -49,7 +55,7 @@ def summarize(verdicts: list[Verdict], verdicts_per_item: int) -> JudgeResult:
         disagreement_rate=disagreement_rate(per_item) if verdicts_per_item == 2 else None,
         input_tokens=sum(v.input_tokens for v in fresh),
         output_tokens=sum(v.output_tokens for v in fresh),
-        cost_usd=sum(v.cost_usd for v in fresh),
+        cost_usd=total_cost(fresh),
         n_cached=len(verdicts) - len(fresh),
         verdicts_per_item=verdicts_per_item,
     )

@@ -27,7 +27,7 @@ class Answer:
     raw: str
     input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: Optional[float] = 0.0  # None: unknown (a paid model whose price is not configured)
 
 
 OnAnswer = Callable[[Request, Answer], None]

@@ -41,4 +41,11 @@ def make_judge(cfg: JudgeConfig, cache_dir: Path, *, backoff_base_s: float = 1.0
         backend = LocalLMBackend(cfg.local_model, cfg.template)
     else:
         raise ValueError(f"judge.backend: unknown backend '{cfg.backend}' (choose from: openai, reward, local)")
-    return Judge(backend, cache_dir, template=cfg.template, both_orders=cfg.both_orders, seed=cfg.seed)
+    return Judge(
+        backend,
+        cache_dir,
+        template=cfg.template,
+        both_orders=cfg.both_orders,
+        seed=cfg.seed,
+        max_invalid_fraction=cfg.max_invalid_fraction,
+    )

@@ -1,11 +1,13 @@
 """The Judge: decides what to ask (orders, dedup, cache), lets a backend ask it, and sums up.
 
 Every finished judgment goes to the cache the moment it arrives, so an interrupted evaluation
-loses nothing and its rerun asks only for what is missing.
+loses nothing and its rerun asks only for what is missing. The validity gate (gate.py) runs
+here, so it guards every use of a judge: evaluation, OOD and judge-labelled pairs alike.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from tqdm.auto import tqdm
 from alignpipe.judge.aggregate import summarize
 from alignpipe.judge.backend import Answer, Backend, JudgeUnavailableError, Request
 from alignpipe.judge.cache import VerdictCache, cache_key
+from alignpipe.judge.gate import ValidityGate
 from alignpipe.judge.ordering import ORDERS, POLICY_FIRST, item_order, policy_wins, shown_texts
 from alignpipe.judge.records import Comparison, JudgeResult, Verdict
 
@@ -26,15 +29,34 @@ class _Slot:
     request: Request
 
 
+class _GateFailed(Exception):
+    """Raised from on_answer to make the backend stop asking; the Judge reports the gate's error."""
+
+
 class Judge:
     def __init__(
-        self, backend: Backend, cache_dir: Path, *, template: str, both_orders: bool = False, seed: int = 0
+        self,
+        backend: Backend,
+        cache_dir: Path,
+        *,
+        template: str,
+        both_orders: bool = False,
+        seed: int = 0,
+        max_invalid_fraction: float = 0.2,
     ) -> None:
         self.backend = backend
         self.cache = VerdictCache(Path(cache_dir))
         self.template = template
         self.both_orders = both_orders and backend.order_sensitive
         self.seed = seed
+        ValidityGate(max_invalid_fraction, 0)  # a bad value fails here, not after paying for verdicts
+        self.max_invalid_fraction = max_invalid_fraction
+
+    @property
+    def name(self) -> str:
+        """The judge as errors name it, e.g. "openai:gpt-4o at https://api.openai.com/v1"."""
+        endpoint = getattr(self.backend, "endpoint", None)
+        return f"{self.backend.name}:{self.backend.model_id}" + (f" at {endpoint}" if endpoint else "")
 
     def scores(self, texts: list[str]) -> list[float]:
         """Per-text rewards (backend 'reward' only), e.g. for the mean reward of a policy's samples."""
@@ -67,12 +89,23 @@ class Judge:
         return slots
 
     def judge(self, items: list[Comparison], desc: str = "judging") -> JudgeResult:
+        """Judge every item (asking only what the cache lacks) and sum up.
+
+        Raises JudgeInvalidVerdictsError when more than max_invalid_fraction of the verdicts are
+        invalid (as early as that is certain), and JudgeUnavailableError when the backend gives up.
+        """
         slots = self._plan(items)
-        cached_keys = {s.request.key for s in slots if s.request.key in self.cache}
+        copies = Counter(s.request.key for s in slots)  # an item repeated in this call: one judgment, many verdicts
+        gate = ValidityGate(self.max_invalid_fraction, len(slots))
+        cached_keys = {s.request.key: None for s in slots if s.request.key in self.cache}  # in item order
+        for key in cached_keys:
+            record = self.cache.get(key)
+            assert record is not None
+            gate.add(record["first_wins"] is not None, record["raw"], copies[key])
         pending = list({s.request.key: s.request for s in slots if s.request.key not in cached_keys}.values())
         fresh: dict[str, Answer] = {}
         spent = [0.0]
-        bar = tqdm(total=len(pending), desc=desc, disable=not pending)
+        bar = tqdm(total=len(pending), desc=desc, disable=not pending or gate.failed)
 
         def on_answer(request: Request, answer: Answer) -> None:
             self.cache.put(
@@ -90,19 +123,32 @@ class Judge:
                 },
             )
             fresh[request.key] = answer
+            gate.add(answer.first_wins is not None, answer.raw, copies[request.key])
             bar.update(1)
-            if answer.cost_usd:
+            postfix = {}
+            if answer.cost_usd:  # None (unknown price) shows no cost rather than a wrong one
                 spent[0] += answer.cost_usd
-                bar.set_postfix(cost=f"${spent[0]:.4f}", refresh=False)
+                postfix["cost"] = f"${spent[0]:.4f}"
+            if gate.n_invalid:
+                postfix["invalid"] = str(gate.n_invalid)
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+            if gate.failed:
+                raise _GateFailed
 
         try:
-            self.backend.answer(pending, on_answer)
+            if not gate.failed:
+                self.backend.answer(pending, on_answer)
+        except _GateFailed:
+            pass  # reported below, with the counts of everything that did arrive
         except JudgeUnavailableError as e:
             raise JudgeUnavailableError(
                 f"{e}; {len(fresh)} of {len(pending)} new verdicts were saved to {self.cache.path}, rerun to resume"
             ) from None
         finally:
             bar.close()
+        if gate.failed:
+            raise gate.error(self.name)
         missing = [r.key for r in pending if r.key not in fresh]
         if missing:
             raise RuntimeError(f"judge backend '{self.backend.name}' returned no answer for {len(missing)} request(s)")
@@ -146,7 +192,9 @@ def describe(result: JudgeResult) -> str:
     parts = [f"win rate {rate}", f"valid {result.n_valid}", f"invalid {result.n_invalid}", f"cached {result.n_cached}"]
     if result.disagreement_rate is not None:
         parts.append(f"order disagreement {result.disagreement_rate:.3f}")
-    if result.cost_usd:
+    if result.cost_usd is None:
+        parts.append("cost unknown (no judge prices set)")
+    elif result.cost_usd:
         parts.append(f"cost ${result.cost_usd:.4f}")
     return ", ".join(parts)
 

@@ -20,7 +20,8 @@ class Verdict:
 
     policy_wins: 1.0 win, 0.0 loss, 0.5 tie (reward backend only), None when the judge's answer
     had no valid verdict. Token counts are those the judgment cost when it was made; a cached
-    verdict (cached=True) cost nothing in this run.
+    verdict (cached=True) cost nothing in this run. cost_usd is None when it is unknown (no
+    price configured for a paid judge).
     """
 
     policy_wins: Optional[float]
@@ -29,7 +30,7 @@ class Verdict:
     cached: bool
     input_tokens: int
     output_tokens: int
-    cost_usd: float = 0.0
+    cost_usd: Optional[float] = 0.0
 
 
 @dataclass
@@ -38,7 +39,8 @@ class JudgeResult:
 
     win_rate is the mean of the valid per-item scores; an item judged in both orders scores the
     mean of its valid verdicts. Invalid items are left out of the denominator and counted.
-    Tokens and cost are what this run spent: cached verdicts add nothing.
+    Tokens and cost are what this run spent: cached verdicts add nothing. cost_usd is None
+    (unknown) when any judgment asked in this run had no known price; metrics() then leaves it out.
     """
 
     verdicts: list[Verdict]
@@ -49,7 +51,7 @@ class JudgeResult:
     disagreement_rate: Optional[float]  # both_orders: share of items whose two verdicts differ
     input_tokens: int
     output_tokens: int
-    cost_usd: float
+    cost_usd: Optional[float]
     n_cached: int
     item_wins: list[Optional[float]] = field(default_factory=list)  # per item; None: no valid verdict
     verdicts_per_item: int = 1
