@@ -1,9 +1,13 @@
 """Content-addressed store of stage outputs: a stage is recomputed only when its key changes.
 
-    key = sha256(stage name, stage version, canonical JSON of its config slice, upstream keys)
+    key = sha256(stage name, code fingerprint, canonical JSON of its config slice,
+                 digests of the local files and hub revisions it reads, upstream keys)
 
-An upstream output's fingerprint is its key: the key already names everything that output was
-computed from, so a change anywhere upstream changes every key downstream of it.
+The code fingerprint hashes every alignpipe module the stage imports (alignpipe/fingerprint.py),
+the inputs are content digests (alignpipe/inputs.py). An upstream output's fingerprint is its key:
+the key already names everything that output was computed from, so a change anywhere upstream
+changes every key downstream of it. The manifest also records the library versions an output was
+built with; reusing it under other versions is allowed, and said in one warning line.
 
 Layout under <run_dir>/store/<stage>/ (k16 = the first 16 hex digits of the key):
 
@@ -21,10 +25,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -61,12 +67,32 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable, allow_nan=True)
 
 
-def stage_key(name: str, version: str, config: Mapping[str, Any], upstream_keys: Mapping[str, str]) -> str:
+def stage_key(
+    name: str, code: str, config: Mapping[str, Any], inputs: Mapping[str, str], upstream_keys: Mapping[str, str]
+) -> str:
     """The cache key of one stage output (64 hex digits)."""
     payload = canonical_json(
-        {"stage": name, "version": version, "config": config, "upstream": dict(upstream_keys)}
+        {"stage": name, "code": code, "config": config, "inputs": dict(inputs), "upstream": dict(upstream_keys)}
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+TRACKED_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "datasets")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def version_drift(built: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """'torch 2.12.0 -> 2.13.0' for each tracked library whose version differs."""
+    return [f"{k} {built[k]} -> {now.get(k, 'not installed')}" for k in sorted(built) if built[k] != now.get(k, "not installed")]
 
 
 @dataclass(frozen=True)
@@ -81,24 +107,34 @@ class Manifest:
 
     stage: str
     key: str
-    version: str
+    code: str  # the stage's code fingerprint
     config: dict[str, Any]
+    inputs: dict[str, str]  # what it read outside the store: content digests, hub revisions
     upstream: dict[str, str]  # upstream stage -> key
     metrics: dict[str, float]
     created: str  # ISO-8601 UTC
     seconds: float  # wall time of the computation that produced it
     files: tuple[FileEntry, ...] = field(default_factory=tuple)
+    libraries: dict[str, str] = field(default_factory=dict)  # versions it was built with
+    host: str = ""  # where it was built (a work-pool worker, a GPU box...)
+    pid: int = 0
+    code_modules: tuple[str, ...] = ()  # the modules the code fingerprint covers
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
             "key": self.key,
-            "version": self.version,
+            "code": self.code,
             "config": self.config,
+            "inputs": self.inputs,
             "upstream": self.upstream,
             "metrics": self.metrics,
             "created": self.created,
             "seconds": self.seconds,
+            "libraries": self.libraries,
+            "host": self.host,
+            "pid": self.pid,
+            "code_modules": list(self.code_modules),
             "files": [{"path": f.path, "size": f.size} for f in self.files],
         }
 
@@ -107,13 +143,18 @@ class Manifest:
         return cls(
             stage=data["stage"],
             key=data["key"],
-            version=data["version"],
+            code=data["code"],
             config=dict(data["config"]),
+            inputs=dict(data["inputs"]),
             upstream=dict(data["upstream"]),
             metrics={k: float(v) for k, v in data["metrics"].items()},
             created=data["created"],
             seconds=float(data["seconds"]),
             files=tuple(FileEntry(f["path"], int(f["size"])) for f in data["files"]),
+            libraries=dict(data.get("libraries", {})),
+            host=data.get("host", ""),
+            pid=int(data.get("pid", 0)),
+            code_modules=tuple(data.get("code_modules", ())),
         )
 
 
@@ -183,6 +224,12 @@ class StageStore:
     def lock_path(self, stage: str, key: str) -> Path:
         return self.stage_dir(stage) / f"{key[:KEY_PREFIX_LEN]}.lock"
 
+    def failure_log(self, stage: str, key: str) -> Path:
+        """Where the traceback of a failed build goes, so the console needs only one line."""
+        path = self.stage_dir(stage) / f"{key[:KEY_PREFIX_LEN]}.failed.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- reading ---------------------------------------------------------------------------
     def lookup(self, stage: str, key: str) -> Optional[Manifest]:
         """The manifest of a complete, intact output for this key, else None."""
@@ -192,7 +239,7 @@ class StageStore:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable manifest (%s); it will be rebuilt", out / MANIFEST, e)
+            log.warning("%s: unreadable manifest (%s: %s); it will be rebuilt", out / MANIFEST, type(e).__name__, e)
             return None
         if manifest.key != key or manifest.stage != stage:
             log.warning("%s: manifest belongs to %s/%s; it will be rebuilt", out, manifest.stage, manifest.key[:16])
@@ -234,10 +281,12 @@ class StageStore:
         stage: str,
         key: str,
         *,
-        version: str,
+        code: str,
         config: Mapping[str, Any],
+        inputs: Mapping[str, str],
         upstream: Mapping[str, str],
         compute: Compute,
+        code_modules: tuple[str, ...] = (),
         force: bool = False,
         on_wait: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
@@ -266,13 +315,18 @@ class StageStore:
                 manifest = Manifest(
                     stage=stage,
                     key=key,
-                    version=version,
+                    code=code,
                     config=json.loads(canonical_json(config)),
+                    inputs=dict(inputs),
                     upstream=dict(upstream),
                     metrics=metrics,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     seconds=round(time.perf_counter() - started, 3),
                     files=_list_files(tmp),
+                    libraries=library_versions(),
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    code_modules=tuple(code_modules),
                 )
                 _write_json_atomic(tmp / MANIFEST, manifest.to_dict())  # last file written
                 kept = self._publish(stage, key, tmp, replace=force)

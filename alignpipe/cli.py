@@ -8,6 +8,7 @@ option; a stage that fails exits 1.
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 import subprocess
 import sys
@@ -42,15 +43,11 @@ def _table(title: str, *columns: str) -> Table:
         table.add_column(col, overflow="fold")  # wrap, never cut: ids and paths stay copyable
     return table
 
-DEFAULT_STAGE_SOURCE = "alignpipe.stages"
 SUMMARY_METRICS = 6  # per stage in the end-of-run table; the rest are one click away in MLflow
 
 PresetOpt = typer.Option("demo", "--preset", "-p", metavar="NAME", help="Preset name (see `alignpipe presets`).")
 ConfigOpt = typer.Option(None, "--config", "-c", metavar="FILE", help="A YAML config file (instead of --preset).")
 SetOpt = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a config value: KEY=VALUE, e.g. dpo.beta=0.5 (repeatable).")
-StagesFromOpt = typer.Option(
-    DEFAULT_STAGE_SOURCE, "--stages-from", hidden=True, help="Module ('pkg.mod' or 'pkg.mod:attr') providing the stages."
-)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -65,19 +62,14 @@ def _config(preset: str, config: Optional[Path], sets: list[str]) -> PipelineCon
         _fail(str(e))
 
 
-def _catalog(source: str):
-    from alignpipe.runner import PipelineError, StageCatalog
+def _plan(cfg: PipelineConfig, targets: Optional[list[str]], rerun: list[str]):
+    """Stages, keys and inputs, every data file the run needs validated: all before a model loads."""
+    from alignpipe.plan import PipelineError, plan_pipeline
 
     try:
-        return StageCatalog.from_source(source)
+        return plan_pipeline(cfg, targets, rerun)
     except PipelineError as e:
-        _fail(f"--stages-from: {e}")
-
-
-def _check_stage_names(option: str, names: list[str], catalog) -> None:
-    for name in names:
-        if name not in catalog.names:
-            _fail(f"{option} {name}: unknown stage (stages: {', '.join(catalog.names)})")
+        _fail(str(e))
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,29 +135,18 @@ def run(
     config: Optional[Path] = ConfigOpt,
     set_: list[str] = SetOpt,
     rerun: list[str] = typer.Option([], "--rerun", metavar="STAGE", help="Recompute this stage and everything downstream (repeatable)."),
-    stages_from: str = StagesFromOpt,
 ) -> None:
     """Run the whole pipeline as a Prefect flow, reusing every stage whose inputs did not change."""
-    from alignpipe.runner import PipelineError, Runner, StageFailed
+    from alignpipe.pipeline import StageFailed
+    from alignpipe.plan import PipelineError
 
     cfg = _config(preset, config, set_)
-    catalog = _catalog(stages_from)
-    _check_stage_names("--rerun", rerun, catalog)
-    try:  # every stage loads and keys; fail before the Prefect server starts
-        Runner(cfg, catalog).plan(rerun=rerun)
-    except PipelineError as e:
-        _fail(str(e))
-    from flows.pipeline import alignpipe_pipeline
+    plan = _plan(cfg, None, rerun)  # fails before the Prefect server starts
+    from flows.pipeline import run_flow
 
     try:
-        summary = alignpipe_pipeline(
-            preset=preset,
-            overrides=list(set_),
-            rerun=list(rerun),
-            config_path=str(config) if config else None,
-            stage_source=stages_from,
-        )
-    except (ConfigError, PipelineError) as e:
+        summary = run_flow(cfg, plan, rerun=rerun)
+    except PipelineError as e:
         _fail(str(e))
     except StageFailed as e:
         _fail(str(e), code=1)
@@ -180,41 +161,67 @@ def stage(
     set_: list[str] = SetOpt,
     force: bool = typer.Option(False, "--force", help="Recompute this stage even if its output is cached."),
     track: bool = typer.Option(True, "--track/--no-track", help="Record the run in MLflow."),
-    stages_from: str = StagesFromOpt,
 ) -> None:
     """Run one stage, and any missing upstream, without Prefect: for a bare GPU box."""
-    from alignpipe.runner import PipelineError, Runner, StageFailed
+    from alignpipe.pipeline import NullTracker, StageFailed, run_pipeline
+    from alignpipe.plan import PipelineError
 
     cfg = _config(preset, config, set_)
-    catalog = _catalog(stages_from)
-    _check_stage_names("stage", [name], catalog)
-    try:
-        runner = Runner(cfg, catalog)
-        plan = runner.plan([name], rerun=[name] if force else [])
-    except PipelineError as e:
-        _fail(str(e))
-    summary: dict[str, Any] = {"preset": cfg.preset, "run_dir": str(Path(cfg.run_dir).resolve())}
+    from alignpipe.plan import StageCatalog
+
+    known = StageCatalog.default().names
+    if name not in known:
+        _fail(f"stage {name}: unknown stage (stages: {', '.join(known)})")
+    plan = _plan(cfg, [name], [name] if force else [])
     if track and importlib.util.find_spec("mlflow") is None:
         Console(stderr=True).print("MLflow is not installed: running untracked (--no-track)", highlight=False)
         track = False
-    try:
-        if track:
-            from alignpipe.tracking import PipelineTracker
+    if track:
+        from alignpipe.tracking import PipelineTracker
 
-            with PipelineTracker(cfg, entrypoint="stage", run_name=f"{cfg.preset}-stage-{name}") as tracker:
-                result = runner.run(plan, execute=tracker.wrap(runner.run_stage))
-                tracker.record_pipeline(result)
-            summary.update(tracker.summary())
-        else:
-            result = runner.run(plan)
+        tracker = PipelineTracker(cfg, entrypoint="stage", run_name=f"{cfg.preset}-stage-{name}")
+    else:
+        tracker = NullTracker()
+    try:
+        result = run_pipeline(cfg, plan=plan, tracker=tracker)
     except PipelineError as e:
         _fail(str(e))
-    except StageFailed as e:  # a crash, not bad input: show where (Prefect does this for `run`)
-        Console(stderr=True).print_exception(max_frames=20)
+    except StageFailed as e:
         _fail(str(e), code=1)
-    summary.update(result.summary())
-    render_summary(summary, cfg if track else None)
+    render_summary({"preset": cfg.preset, **tracker.summary(), **result.summary()}, cfg if track else None)
     _out().print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
+
+
+@app.command("config")
+def show_config(
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    changed: bool = typer.Option(False, "--changed", help="Only values not at their default."),
+) -> None:
+    """The effective config: each value, where it came from, and which stages key on it."""
+    from alignpipe.plan import StageCatalog
+    from pipeline_config.loading import explain_config
+
+    try:
+        _, entries = explain_config(preset, config, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    catalog = StageCatalog.default()
+    slices = {n: catalog.get(n).config for n in catalog.names}
+    table = _table("effective config", "key", "value", "from", "stages keyed on it")
+    for e in entries:
+        if changed and e.source == "default":
+            continue
+        keyed = [n for n, sl in slices.items() if sl.keys_on(e.path)]
+        table.add_row(e.path, _fmt_config_value(e.value), e.source, ", ".join(keyed) or "(not in any key: how it runs, not what)")
+    _out().print(table)
+
+
+def _fmt_config_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return "null" if value is None else str(value)
 
 
 @app.command()
@@ -231,12 +238,13 @@ def schedule(
     """Run the pipeline on a schedule: serve it from this process, or deploy it to a work pool."""
     from flows import schedule as sched
 
-    _config(preset, config, set_)  # fail now, not at 3 a.m.
+    cfg = _config(preset, config, set_)  # fail now, not at 3 a.m.
     try:
         when = sched.timing(cron, interval)
     except ValueError as e:
         _fail(str(e))
-    params = sched.flow_parameters(preset, set_, str(config) if config else None)
+    _plan(cfg, None, [])
+    params = sched.flow_parameters(cfg)
     every = f"cron '{cron}'" if cron is not None else f"every {interval:g} s"
     if work_pool is None:
         if apply:

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 from alignpipe.generate import generate
 from alignpipe.judge import Comparison
-from pipeline_config.schema import GenerationConfig
+from pipeline_config.schema import SamplingConfig
 
 TEXT_BASELINES = ("reference_text", "chosen")  # both come from the prompt's `reference` field
 
@@ -60,13 +60,13 @@ def evaluate_policy(
     prompts: Sequence[dict],
     temperatures: Sequence[float],
     baselines: Sequence[str],
-    generation: GenerationConfig,
+    generation: SamplingConfig,
     judge,
     judged_text: Callable[[str, str], str],
     seed: int,
+    chat_template: bool = False,
     compute_kl: bool = False,
     kl_fn: Optional[Callable] = None,
-    prompt_for_judge: Optional[Callable[[dict], str]] = None,
 ) -> EvalTables:
     """Sample, judge and tabulate. `judged_text(prompt, completion)` is what the judge and reward see."""
     needs_sft = "sft" in baselines or judge.backend.name == "reward" or compute_kl
@@ -79,7 +79,7 @@ def evaluate_policy(
     tables = EvalTables()
     gen = lambda model, t, what: generate(  # noqa: E731
         model, tokenizer, texts, max_new_tokens=generation.max_new_tokens, temperature=t, top_p=generation.top_p,
-        batch_size=generation.batch_size, seed=seed, desc=f"{what} @ T={t:g}",
+        batch_size=generation.batch_size, seed=seed, chat_template=chat_template, desc=f"{what} @ T={t:g}",
     )  # fmt: skip
     for t in temperatures:
         pol = gen(policy, t, "policy").texts
@@ -89,7 +89,7 @@ def evaluate_policy(
         for b in baselines:
             other = ref if b == "sft" else [p["reference"] for p in prompts]
             items = [
-                Comparison(prompt=prompt_for_judge(p) if prompt_for_judge else p["prompt"], policy=judged_text(p["prompt"], a), baseline=judged_text(p["prompt"], o))
+                Comparison(prompt=p["prompt"], policy=judged_text(p["prompt"], a), baseline=judged_text(p["prompt"], o))
                 for p, a, o in zip(prompts, pol, other)
             ]
             res = judge.judge(items, desc=f"judging vs {b} @ T={t:g}")

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignpipe.batching import length_sorted_batches
+from alignpipe.tokenization import as_chat
 
 
 @dataclass
@@ -67,9 +68,12 @@ def generate(
     seed: int = 0,
     desc: str = "generating",
     stop_at_eos: bool = True,
+    chat_template: bool = False,
 ) -> GenerationResult:
     """Sample one completion per prompt (temperature 0: greedy). Same inputs, batch_size and seed
-    give the same texts. stop_at_eos=False keeps generating to max_new_tokens (for benchmarks)."""
+    give the same texts. stop_at_eos=False keeps generating to max_new_tokens (for benchmarks).
+    chat_template: each prompt is sent as one user turn through the tokenizer's chat template,
+    exactly as SFT and DPO saw it (model.chat_template)."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     start = time.perf_counter()
@@ -84,7 +88,9 @@ def generate(
     sampling = _sampling_kwargs(temperature, top_p)
     # An empty EOS list disables stopping; None would be refilled from the model's generation config.
     stop_ids = eos_ids if stop_at_eos else []
-    lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    texts_in = [prompt_text(tokenizer, p, chat_template) for p in prompts]
+    special = not chat_template  # a rendered template already holds its special tokens
+    lengths = [len(ids) for ids in tokenizer(texts_in, add_special_tokens=special)["input_ids"]]
     if 0 in lengths:  # an all-padding row has nothing to attend to
         raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization (this tokenizer adds no BOS)")
     batches = length_sorted_batches(lengths, batch_size)
@@ -96,7 +102,7 @@ def generate(
     try:
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for batch_index, indices in enumerate(batches):
-                enc = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+                enc = tokenizer([texts_in[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(batch_seed(seed, batch_index))
                     out = model.generate(
@@ -120,6 +126,13 @@ def generate(
         model.train(was_training)
     seconds = time.perf_counter() - start
     return GenerationResult(texts, counts, sum(counts) / seconds if seconds > 0 else 0.0, seconds)
+
+
+def prompt_text(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The text a prompt is generated from: itself, or one user turn rendered with the chat template."""
+    if not chat_template:
+        return prompt
+    return tokenizer.apply_chat_template(as_chat(prompt, True), tokenize=False, add_generation_prompt=True)
 
 
 def _until_eos(tokens: list[int], eos_ids: list[int]) -> list[int]:

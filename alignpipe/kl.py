@@ -8,15 +8,17 @@ import torch
 
 from alignpipe.batching import collate_examples, length_sorted_batches
 from alignpipe.logprobs import DEFAULT_CHUNK_ELEMENTS, gathered_hidden
-from alignpipe.tokenization import tokenize_examples
+from alignpipe.tokenization import as_chat, tokenize_examples
 
 
 @torch.no_grad()
 def sequence_kl(
-    policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 8, max_length: int = 1024
+    policy, reference, tokenizer, prompts: Sequence[str], completions: Sequence[str], *, batch_size: int = 8,
+    max_length: int = 1024, chat_template: bool = False,
 ) -> list[float]:
-    """One KL per (prompt, completion); positions include the end-of-sequence step."""
-    records = [{"prompt": p, "completion": c if c.strip() else tokenizer.eos_token} for p, c in zip(prompts, completions)]
+    """One KL per (prompt, completion); positions include the end-of-sequence step. With chat_template
+    the prompt is scored as the user turn the samples were generated from."""
+    records = [{"prompt": as_chat(p, chat_template), "completion": c if c.strip() else tokenizer.eos_token} for p, c in zip(prompts, completions)]
     examples, stats = tokenize_examples(tokenizer, records, max_length=max_length, max_prompt_length=max_length // 2)
     if stats.dropped:
         raise ValueError(f"KL: {stats.dropped} samples left no completion tokens after truncation")

@@ -329,7 +329,7 @@ def ood_section(rows: Sequence[OODRow], out_dir: Path) -> Section:
         "'does DPO still beat the reference this often away from its training data', not as an exact match.",
     )
     if not rows:
-        section.omitted = "the OOD evaluation did not run (`ood.enabled: false` or no results)."
+        section.omitted = "the OOD stage produced no results."
         return section
     if _valid(rows):
         section.figures.append(plots.ood_vs_paper(rows, PAPER_TABLE1, out_dir / FIGURES["ood"]))

@@ -147,3 +147,11 @@ def make_scorer(
             )
         return HFClassifierScorer(model, positive_label=positive_label, output=output)
     raise ValueError(f"unknown scorer kind '{kind}' (choose from: {', '.join(SCORER_KINDS)})")
+
+
+SENTIMENT_TASKS = ("imdb",)  # the sentiment scorer reads the whole review: prompt + continuation
+
+
+def scored_text(task: str, prompt: str, completion: str) -> str:
+    """What a scalar reward sees of a sample: the whole text for sentiment tasks, else the completion."""
+    return prompt + completion if task in SENTIMENT_TASKS else completion

@@ -46,6 +46,15 @@ class TokenizeStats:
         return {f"{prefix}/{k}": float(v) for k, v in vars(self).items() if k != "dropped_indices"}
 
 
+def as_chat(prompt: Any, chat_template: bool) -> Any:
+    """With model.chat_template a plain-text prompt becomes one user turn, rendered by the tokenizer's
+    template wherever it is tokenized: SFT, pairs, sampling, evaluation and KL. An empty prompt
+    (whole-text SFT) stays empty."""
+    if chat_template and isinstance(prompt, str) and prompt:
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
 def _is_messages(x: Any) -> bool:
     return isinstance(x, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in x)
 

@@ -21,6 +21,7 @@ import os
 import posixpath
 import random
 import re
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pipeline_config.schema import PipelineConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from alignpipe.runner import PipelineResult, PlannedStage, StageOutcome
+    from alignpipe.pipeline import PipelineResult, StageOutcome
+    from alignpipe.plan import PlannedStage
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +258,50 @@ def ensure_experiment(client, cfg: PipelineConfig) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# Runs whose process died
+# ----------------------------------------------------------------------------------------
+PID_TAG, HOST_TAG = "alignpipe.pid", "alignpipe.host"
+
+
+def process_tags() -> dict[str, Any]:
+    """Which process owns a run, so a later run can tell that a RUNNING one has lost its owner."""
+    return {PID_TAG: os.getpid(), HOST_TAG: socket.gethostname()}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def mark_orphans_killed(client, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process that no longer exists on this host (SIGKILL, OOM, power loss)
+    are marked KILLED; runs owned by other hosts, or by live processes, are left alone."""
+    host = socket.gethostname()
+    try:
+        running = retrying(
+            client.search_runs, [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+            max_results=1000,
+        )  # fmt: skip
+    except Exception as e:  # never block a new run on this housekeeping
+        log.warning("could not look for orphaned MLflow runs: %s", e)
+        return []
+    killed = []
+    for run in running:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            retrying(client.set_terminated, run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    if killed:
+        log.warning("marked %d MLflow run(s) KILLED: their process %s is gone", len(killed), "on this host")
+    return killed
+
+
+# ----------------------------------------------------------------------------------------
 # Logging into runs
 # ----------------------------------------------------------------------------------------
 def _log_batch(client, run_id: str, metrics=(), params=(), tags=()) -> None:
@@ -347,10 +393,8 @@ class StageRun:
 
 
 class PipelineTracker:
-    """Opens the parent run on enter, closes it FINISHED/FAILED/KILLED on exit.
-
-    `wrap(run_stage)` turns Runner.run_stage into an executor that records each stage.
-    """
+    """The MLflow tracker at run_pipeline's seam: `pipeline(plan)` opens the parent run and closes
+    it FINISHED/FAILED/KILLED; `stage(planned)` is one nested run around a stage."""
 
     def __init__(
         self,
@@ -370,15 +414,22 @@ class PipelineTracker:
         self.run_id: Optional[str] = None
 
     # -- parent run ------------------------------------------------------------------------
+    @contextmanager
+    def pipeline(self, plan=None) -> Iterator["PipelineTracker"]:
+        with self:
+            yield self
+
     def __enter__(self) -> "PipelineTracker":
         self.client = open_client(self.cfg)
         self.experiment_id = ensure_experiment(self.client, self.cfg)
+        mark_orphans_killed(self.client, self.experiment_id)
         tags = {
             "pipeline": self.cfg.preset,
             "prefect_flow_run_id": self.flow_run_id or "none",
             "alignpipe.kind": "pipeline",
             "alignpipe.entrypoint": self.entrypoint,
             "run_dir": Path(self.cfg.run_dir).resolve(),
+            **process_tags(),
         }
         run = retrying(
             self.client.create_run, self.experiment_id, run_name=self.run_name, tags={t.key: t.value for t in _tags(tags)}
@@ -434,9 +485,10 @@ class PipelineTracker:
             "alignpipe.kind": "stage",
             "stage": planned.name,
             "stage_key": planned.key,
-            "stage_version": planned.spec.version,
+            "stage_code": planned.code,
             "cached": str(planned.cached and not planned.forced).lower(),
             "pipeline": self.cfg.preset,
+            **process_tags(),
         }
         run = retrying(
             self.client.create_run,
@@ -445,7 +497,7 @@ class PipelineTracker:
             tags={t.key: t.value for t in _tags(tags)},
         )
         handle = StageRun(self, planned, run.info.run_id)
-        _log_batch(self.client, handle.run_id, params=_params(flatten_params(planned.config)))
+        _log_batch(self.client, handle.run_id, params=_params(flatten_params(planned.config_json())))
         try:
             yield handle
         except BaseException as e:
@@ -454,17 +506,6 @@ class PipelineTracker:
             retrying(self.client.set_terminated, handle.run_id, status)
             raise
         retrying(self.client.set_terminated, handle.run_id, "FINISHED")
-
-    def wrap(self, run_stage: Callable[["PlannedStage", Any], "StageOutcome"]) -> Callable[["PlannedStage"], "StageOutcome"]:
-        """Runner.run_stage -> an executor that runs each stage inside its nested MLflow run."""
-
-        def execute(planned: "PlannedStage") -> "StageOutcome":
-            with self.stage(planned) as handle:
-                outcome = run_stage(planned, handle.sink)
-                handle.record(outcome)
-                return outcome
-
-        return execute
 
 
 # ----------------------------------------------------------------------------------------

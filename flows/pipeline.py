@@ -1,66 +1,89 @@
-"""The Prefect flow: one pipeline run in one process, stages in dependency order.
+"""The Prefect flow: one pipeline run, its stages as task runs wired by their futures.
 
-Layers, outermost first, around each stage: a Prefect task run (tasks.stages), the stage's
-nested MLflow run (alignpipe.tracking), then the runner's reuse-or-compute (alignpipe.runner).
+The flow's parameters carry the validated config (`config`, a PipelineConfig as JSON data), so a
+deployment's runs are reproducible: what was validated when it was deployed is what runs. Inside,
+everything goes through alignpipe.pipeline.run_pipeline with two adapters plugged in: the MLflow
+tracker and the Prefect task dispatcher (tasks/stages.py).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Optional
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from alignpipe.runner import PipelineResult, Runner, StageCatalog
+from alignpipe.pipeline import PipelineResult, run_pipeline
+from alignpipe.plan import Plan, plan_pipeline
 from alignpipe.tracking import PipelineTracker
-from pipeline_config import PipelineConfig, load_config
-from tasks.stages import ensure_gpu_limit, prefect_executor
+from pipeline_config import PipelineConfig
+from tasks import quiet_failures
+from tasks.stages import PrefectTasks, ensure_gpu_limit
 
-DEFAULT_STAGE_SOURCE = "alignpipe.stages"
+MAX_CONCURRENT_STAGES = 4  # evaluate + ood, or the members of a sweep; GPU stages still share the GPU limit
 
-
-def summarize(cfg: PipelineConfig, result: PipelineResult, tracker: PipelineTracker) -> dict[str, Any]:
-    return {
-        "preset": cfg.preset,
-        "run_dir": str(Path(cfg.run_dir).resolve()),
-        **tracker.summary(),
-        **result.summary(),
-    }
+# A plan made by the caller in this very process (the CLI validates before starting Prefect); a
+# deployment's run has none and plans itself.
+_handed_plan: ContextVar[Optional[tuple[str, Plan]]] = ContextVar("alignpipe_handed_plan", default=None)
 
 
-def run_pipeline(
-    cfg: PipelineConfig,
-    catalog: Optional[StageCatalog] = None,
-    stages: Optional[Sequence[str]] = None,
-    rerun: Sequence[str] = (),
-    flow_run_id: Optional[str] = None,
+@contextmanager
+def handing_plan(cfg: PipelineConfig, plan: Plan) -> Iterator[None]:
+    token = _handed_plan.set((cfg.model_dump_json(), plan))
+    try:
+        yield
+    finally:
+        _handed_plan.reset(token)
+
+
+def _plan_for(cfg: PipelineConfig, targets, rerun) -> Plan:
+    handed = _handed_plan.get()
+    if handed is not None and handed[0] == cfg.model_dump_json():
+        plan = handed[1]
+        if set(plan.requested) == set(targets or plan.requested) and {p.name for p in plan if p.forced} >= set(rerun or ()):
+            return plan
+    return plan_pipeline(cfg, targets, rerun or ())
+
+
+def summarize(result: PipelineResult, tracker: PipelineTracker, preset: str) -> dict[str, Any]:
+    return {"preset": preset, **tracker.summary(), **result.summary()}
+
+
+def _run_name() -> str:
+    config = flow_run.parameters.get("config") or {}
+    return str(config.get("preset", "alignpipe"))
+
+
+@flow(
+    name="alignpipe-pipeline",
+    flow_run_name=_run_name,
+    persist_result=False,
+    log_prints=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STAGES),
+)
+def alignpipe_pipeline(
+    config: dict[str, Any],
+    targets: Optional[list[str]] = None,
+    rerun: Optional[list[str]] = None,
 ) -> dict[str, Any]:
-    """The flow's body: plan, open the MLflow parent run, run each stage as a Prefect task."""
-    runner = Runner(cfg, catalog)
-    plan = runner.plan(stages, rerun)
+    """Run the DPO pipeline for a validated config; reuse every stage whose key is in the store.
+
+    targets: run only these (and whatever upstream they need); default all.
+    rerun: stages to recompute together with everything downstream of them.
+    """
+    quiet_failures.install()
+    cfg = PipelineConfig.model_validate(config)
+    plan = _plan_for(cfg, targets, rerun)
     if any(p.spec.uses_gpu and p.will_run for p in plan):
         ensure_gpu_limit(cfg.orchestration.gpu_concurrency_limit)
-    with PipelineTracker(cfg, flow_run_id=flow_run_id, entrypoint="flow") as tracker:
-        result = runner.run(plan, execute=prefect_executor(tracker.wrap(runner.run_stage)))
-        tracker.record_pipeline(result)
-    return summarize(cfg, result, tracker)
+    tracker = PipelineTracker(cfg, flow_run_id=flow_run.id, entrypoint="flow")
+    result = run_pipeline(cfg, plan=plan, tracker=tracker, dispatcher=PrefectTasks(cfg.orchestration.retries))
+    return summarize(result, tracker, cfg.preset)
 
 
-@flow(name="alignpipe-pipeline", flow_run_name="{preset}", persist_result=False, log_prints=True)
-def alignpipe_pipeline(
-    preset: str = "demo",
-    overrides: Optional[list[str]] = None,
-    rerun: Optional[list[str]] = None,
-    stages: Optional[list[str]] = None,
-    config_path: Optional[str] = None,
-    stage_source: str = DEFAULT_STAGE_SOURCE,
-) -> dict[str, Any]:
-    """Run the DPO pipeline: config preset (or file) + `key=value` overrides; reuse cached stages.
-
-    rerun: stages to recompute together with everything downstream of them.
-    stages: run only these (and whatever upstream they need); default all.
-    stage_source: where stage specs come from ('module' or 'module:attr'); for custom stage sets.
-    """
-    cfg = load_config(preset, config_path, overrides or [])
-    catalog = StageCatalog.from_source(stage_source)
-    return run_pipeline(cfg, catalog, stages=stages, rerun=rerun or [], flow_run_id=flow_run.id)
+def run_flow(cfg: PipelineConfig, plan: Plan, targets=None, rerun=()) -> dict[str, Any]:
+    """Start the flow in this process with a plan the caller already made (and validated)."""
+    with handing_plan(cfg, plan):
+        return alignpipe_pipeline(config=cfg.model_dump(mode="json"), targets=list(targets) if targets else None, rerun=list(rerun))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:alignpipe_pipeline"
@@ -41,15 +41,9 @@ def timing(cron: Optional[str], interval: Optional[float]) -> dict[str, Any]:
     return {"interval": float(interval)}
 
 
-def flow_parameters(
-    preset: str, overrides: Sequence[str] = (), config_path: Optional[str] = None
-) -> dict[str, Any]:
-    params: dict[str, Any] = {"preset": preset}
-    if overrides:
-        params["overrides"] = list(overrides)
-    if config_path:
-        params["config_path"] = str(Path(config_path).resolve())
-    return params
+def flow_parameters(cfg) -> dict[str, Any]:
+    """The deployment carries the config validated now: every scheduled run runs exactly that."""
+    return {"config": cfg.model_dump(mode="json")}
 
 
 def serve(when: dict[str, Any], parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> None:

@@ -4,13 +4,26 @@ Unknown keys are rejected everywhere (extra="forbid") so a typo never silently d
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline_config.reads import traced_getattribute
+
+Temperature = Annotated[float, Field(ge=0)]
+
+
+class ModelRef:
+    """Field metadata: the value names a model by local path or hub id, so the stage's cache key
+    covers its content (local) or resolved revision (hub); see alignpipe/inputs.py."""
+
+
+ModelName = Annotated[Optional[str], ModelRef()]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    __getattribute__ = traced_getattribute  # lets a test prove that every field is read somewhere
 
 
 class LoraConfig(Strict):
@@ -63,7 +76,6 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False
     lora: Optional[LoraConfig] = None  # None: full fine-tuning
     checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints, 0: only at the end
-    log_every: int = Field(1, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -84,11 +96,36 @@ class SFTConfig(TrainConfig):
     eval_fraction: float = Field(0.05, ge=0, lt=1)
 
 
-class GenerationConfig(Strict):
+class SamplingConfig(Strict):
+    """How completions are sampled; the temperature is given separately where several are swept."""
+
     max_new_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(16, ge=1)
+
+
+class GenerationConfig(SamplingConfig):
+    temperature: Temperature = 1.0
+
+
+class JudgeConfig(Strict):
+    backend: Literal["openai", "reward", "local"] = "openai"
+    model: str = "gpt-4o"
+    base_url: Optional[str] = None  # else OPENAI_BASE_URL; the key comes from OPENAI_API_KEY only
+    template: Literal["summarization", "concise", "dialogue", "news"] = "summarization"
+    reward: Literal["vader", "hf_classifier"] = "vader"  # backend=reward
+    reward_model: ModelName = None
+    local_model: ModelName = None  # backend=local: an HF causal LM
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    both_orders: bool = False
+    seed: int = 0
+    # $ per 1k tokens, backend=openai; either one unset: the cost is reported as unknown, never guessed
+    price_per_1k_input: Optional[float] = Field(None, ge=0)
+    price_per_1k_output: Optional[float] = Field(None, ge=0)
+    # more invalid verdicts than this share (answers without a verdict line) fails judging
+    max_invalid_fraction: float = Field(0.2, ge=0, le=1)
 
 
 class PairsConfig(Strict):
@@ -97,10 +134,19 @@ class PairsConfig(Strict):
     source: Literal["sampled", "human"] = "sampled"
     samples_per_prompt: int = Field(4, ge=2)
     labeler: Literal["vader", "hf_classifier", "judge"] = "vader"
-    labeler_model: Optional[str] = None  # hf_classifier: e.g. siebert/sentiment-roberta-large-english
+    labeler_model: ModelName = None  # hf_classifier: e.g. siebert/sentiment-roberta-large-english
     pairing: Literal["all", "best_worst"] = "all"
     min_margin: float = Field(0.0, ge=0)  # pairs whose score gap is <= this are ties: dropped and counted
     generation: GenerationConfig = GenerationConfig()
+    judge: Optional[JudgeConfig] = None  # labeler=judge: who compares the samples
+
+    @model_validator(mode="after")
+    def _judge_labeler_needs_a_judge(self) -> "PairsConfig":
+        if self.source == "sampled" and self.labeler == "judge" and self.judge is None:
+            raise ValueError("labeler 'judge' needs pairs.judge")
+        if self.source == "sampled" and self.labeler == "hf_classifier" and not self.labeler_model:
+            raise ValueError("labeler 'hf_classifier' needs pairs.labeler_model")
+        return self
 
 
 class ReferenceConfig(Strict):
@@ -124,48 +170,41 @@ class DPOConfig(TrainConfig):
         return self
 
 
-class JudgeConfig(Strict):
-    backend: Literal["openai", "reward", "local"] = "openai"
-    model: str = "gpt-4o"
-    base_url: Optional[str] = None  # else OPENAI_BASE_URL; the key comes from OPENAI_API_KEY only
-    template: Literal["summarization", "concise", "dialogue", "news"] = "summarization"
-    reward: Literal["vader", "hf_classifier"] = "vader"  # backend=reward
-    reward_model: Optional[str] = None
-    local_model: Optional[str] = None  # backend=local: an HF causal LM
-    concurrency: int = Field(8, ge=1)
-    max_retries: int = Field(6, ge=0)
-    timeout_s: float = Field(60.0, gt=0)
-    both_orders: bool = False
-    seed: int = 0
-    # $ per 1k tokens, backend=openai; either one unset: the cost is reported as unknown, never guessed
-    price_per_1k_input: Optional[float] = Field(None, ge=0)
-    price_per_1k_output: Optional[float] = Field(None, ge=0)
-    # more invalid verdicts than this share (answers without a verdict line) fails judging
-    max_invalid_fraction: float = Field(0.2, ge=0, le=1)
+Baseline = Literal["sft", "reference_text", "chosen"]
 
 
-class EvaluateConfig(Strict):
-    n_prompts: int = Field(256, ge=1)
-    temperatures: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
-    baselines: list[Literal["sft", "reference_text", "chosen"]] = ["sft"]
-    compute_kl: bool = False  # sequence-level KL(policy || reference) for the reward/KL frontier
-    generation: GenerationConfig = GenerationConfig()
+class EvaluationConfig(Strict):
+    """The protocol shared by in-distribution evaluation and the OOD test: sample the DPO policy (and
+    the SFT model) at each temperature, judge against each baseline."""
+
+    temperatures: list[Temperature] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    baselines: list[Baseline] = Field(["sft"], min_length=1)
+    compute_kl: bool = False  # sequence-level KL(policy || SFT) for the reward/KL frontier
+    generation: SamplingConfig = SamplingConfig()
     judge: JudgeConfig = JudgeConfig()
 
 
-class OODConfig(Strict):
+class EvaluateConfig(EvaluationConfig):
+    n_prompts: int = Field(256, ge=1)
+
+
+class OODConfig(EvaluationConfig):
     n_articles: int = Field(256, ge=1)
-    temperatures: list[float] = [0.0, 0.25]
-    article_chars: Optional[int] = None  # truncate articles (demo: the opening only)
-    baseline: Literal["reference_text", "sft"] = "reference_text"
-    generation: GenerationConfig = GenerationConfig()
+    temperatures: list[Temperature] = Field([0.0, 0.25], min_length=1)
+    baselines: list[Literal["reference_text", "sft"]] = Field(["reference_text"], min_length=1)
+    article_chars: Optional[int] = Field(None, ge=16)  # truncate articles (demo: the opening only)
     judge: JudgeConfig = JudgeConfig(template="news")
+
+
+StageName = Literal["sft", "pairs", "reference", "dpo", "evaluate", "ood", "report"]
 
 
 class OrchestrationConfig(Strict):
     num_processes: int = Field(1, ge=1)  # >1: training stages run under `accelerate launch`
     accelerate_config: Optional[str] = None  # path to an accelerate config YAML (infra/accelerate/)
     gpu_concurrency_limit: int = Field(1, ge=1)
+    # Prefect task retries per stage, where a retry is safe (e.g. {evaluate: 2} against a flaky judge)
+    retries: dict[StageName, Annotated[int, Field(ge=0, le=10)]] = {}
 
 
 class TrackingConfig(Strict):
@@ -187,3 +226,4 @@ class PipelineConfig(Strict):
     ood: OODConfig = OODConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
+

@@ -1,38 +1,35 @@
-"""One Prefect task run per stage execution, wrapping whatever executor the flow built.
+"""Prefect's side of the seam: each stage a task run, fed its upstream task runs' futures.
 
-Caching is ours, not Prefect's: Prefect's default cache policy includes the run id (so it never
-reuses across runs) and would need to hash our arguments; the content-addressed store in
-alignpipe.cache decides what is reused. Hence cache_policy=NO_CACHE, no result persistence and
-no retries (a failed stage is re-attempted by running the pipeline again; training resumes from
-its resume_dir).
+Handing a stage the futures of its upstream stages makes Prefect wait for them and records them as
+the task run's inputs, so the flow run's graph in the Prefect UI is the pipeline's graph, and
+independent stages (evaluate and ood; the members of a sweep) run concurrently on the flow's task
+runner. GPU stages that compute (not reuse) hold one slot of the global concurrency limit
+GPU_LIMIT_NAME (orchestration.gpu_concurrency_limit) while they run, so pipelines on one GPU box
+never oversubscribe it; the slot is a lease the running process renews, so a killed pipeline frees
+it when the lease expires. GPU task runs are tagged `gpu` too, for tag-based limits.
 
-GPU stages hold one slot of the global concurrency limit GPU_LIMIT_NAME while they compute, so
-pipelines started by several deployments share a GPU box without oversubscribing it. The flow
-creates or updates that limit from cfg.orchestration.gpu_concurrency_limit. Against the
-ephemeral server it coordinates only this process (which runs stages one at a time anyway); if
-the API refuses to create it, the stage runs without a slot (non-strict) after a warning. GPU
-task runs are also tagged `gpu`, so a tag limit (`prefect concurrency-limit create gpu 1`)
-works too. Slots are leases the running process renews: a killed pipeline frees its slot when
-the lease expires (5 minutes) instead of blocking the GPU forever.
+Caching is ours, not Prefect's: Prefect's default cache policy includes the run id, and the
+content-addressed store decides what is reused (cache_policy=NO_CACHE, no result persistence).
+Retries are per stage (orchestration.retries): safe because a stage publishes atomically and the
+judge's verdict cache means a retried evaluation pays only for verdicts it has not received.
 """
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Callable
+from typing import Mapping
 
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from alignpipe.runner import PlannedStage, StageOutcome
+from alignpipe.pipeline import Execute, StageOutcome
+from alignpipe.plan import Plan, PlannedStage
 
 GPU_LIMIT_NAME = "alignpipe-gpu"
 GPU_TAG = "gpu"
 
 log = logging.getLogger(__name__)
-
-Executor = Callable[[PlannedStage], StageOutcome]
 
 
 def ensure_gpu_limit(limit: int) -> bool:
@@ -46,10 +43,12 @@ def ensure_gpu_limit(limit: int) -> bool:
         return False
 
 
-@task(name="stage", cache_policy=NO_CACHE, retries=0, persist_result=False)
-def stage_task(stage: str, planned: PlannedStage, execute: Executor) -> StageOutcome:
-    """Run (or reuse) one stage. `stage` is there so the task's inputs name it in the UI."""
-    outcome = execute(planned)
+@task(name="stage", cache_policy=NO_CACHE, persist_result=False)
+def stage_task(stage: str, planned: PlannedStage, execute: Execute, upstream: list) -> StageOutcome:
+    """Run (or reuse) one stage once its upstream stages are done. `stage` names it in the UI."""
+    holds_gpu = planned.spec.uses_gpu and planned.will_run  # a reused output needs no GPU
+    with concurrency(GPU_LIMIT_NAME, occupy=1, strict=False) if holds_gpu else nullcontext():
+        outcome = execute(planned)
     logger = get_run_logger()
     if outcome.cached:
         logger.info("%s: reused %s", stage, outcome.out_dir)
@@ -58,20 +57,26 @@ def stage_task(stage: str, planned: PlannedStage, execute: Executor) -> StageOut
     return outcome
 
 
-def prefect_executor(execute: Executor) -> Executor:
-    """Wrap an executor so each call becomes a task run named after its stage.
+class PrefectTasks:
+    """The Prefect dispatcher: stages as task runs with their upstream futures as inputs."""
 
-    The GPU slot is taken here, in the flow, around the task run: a slot released from inside
-    a task run is only freed after the task's own bookkeeping, and the next stage then waits
-    out a 2 s retry for it.
-    """
+    def __init__(self, retries: Mapping[str, int] | None = None, retry_delay_s: float = 10.0):
+        self.retries = dict(retries or {})
+        self.retry_delay_s = retry_delay_s
 
-    def run(planned: PlannedStage) -> StageOutcome:
-        # Only GPU stages get a tag: every tagged task run pays a tag-limit lookup on the server.
-        tags = [GPU_TAG] if planned.spec.uses_gpu else []
-        configured = stage_task.with_options(name=f"stage-{planned.name}", task_run_name=planned.name, tags=tags)
-        holds_gpu = planned.spec.uses_gpu and planned.will_run  # a reused output needs no GPU
-        with concurrency(GPU_LIMIT_NAME, occupy=1, strict=False) if holds_gpu else nullcontext():
-            return configured(planned.name, planned, execute)
+    def submit(self, planned: PlannedStage, execute: Execute, upstream: list):
+        configured = stage_task.with_options(
+            name=f"stage-{planned.name}",
+            task_run_name=planned.name,
+            tags=[GPU_TAG] if planned.spec.uses_gpu else [],  # every tagged run pays a tag-limit lookup
+            retries=self.retries.get(planned.name, 0),
+            retry_delay_seconds=self.retry_delay_s,
+        )
+        return configured.submit(planned.name, planned, execute, upstream)
 
-    return run
+    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
+        futures = {}
+        for planned in plan:
+            upstream = [futures[u] for u in planned.spec.upstream if u in futures]
+            futures[planned.name] = self.submit(planned, execute, upstream)
+        return [futures[p.name].result() for p in plan]

@@ -2,20 +2,63 @@
 
 Same names, same dependency graph and the same kind of config slices as alignpipe.stages, but
 each one just writes a small file derived from its inputs. Every execution appends the stage
-name to <run_dir>/calls.log, an independent witness of what actually ran.
+name to <run_dir>/calls.log, an independent witness of what actually ran. `use_doubles` puts them
+in place of the real stages for code that asks for the default catalog (the CLI, the flow).
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Collection
+from typing import Annotated, Collection
 
+import pytest
+
+from alignpipe.plan import StageCatalog
 from alignpipe.stages.base import StageContext, StageSpec
-from pipeline_config.schema import PipelineConfig
+from pipeline_config.schema import DataConfig, DPOConfig, EvaluateConfig, ModelConfig, OODConfig, PairsConfig, PipelineConfig, ReferenceConfig, SFTConfig
+from pipeline_config.slices import From, StageConfig
+
+
+class SFTFake(StageConfig):
+    model: Annotated[ModelConfig, From("model")]
+    data: Annotated[DataConfig, From("data")]
+    sft: Annotated[SFTConfig, From("sft")]
+    run_dir: Annotated[str, From("run_dir")]  # where calls.log goes (the fakes only)
+
+
+class PairsFake(StageConfig):
+    pairs: Annotated[PairsConfig, From("pairs")]
+    data_seed: Annotated[int, From("data.seed")]
+    run_dir: Annotated[str, From("run_dir")]
+
+
+class ReferenceFake(StageConfig):
+    reference: Annotated[ReferenceConfig, From("reference")]
+    run_dir: Annotated[str, From("run_dir")]
+
+
+class DPOFake(StageConfig):
+    dpo: Annotated[DPOConfig, From("dpo")]
+    run_dir: Annotated[str, From("run_dir")]
+
+
+class EvaluateFake(StageConfig):
+    evaluate: Annotated[EvaluateConfig, From("evaluate")]
+    run_dir: Annotated[str, From("run_dir")]
+
+
+class OODFake(StageConfig):
+    ood: Annotated[OODConfig, From("ood")]
+    run_dir: Annotated[str, From("run_dir")]
+
+
+class ReportFake(StageConfig):
+    run_dir: Annotated[str, From("run_dir")]
 
 
 def _record_call(ctx: StageContext, name: str) -> None:
-    with open(Path(ctx.cfg.run_dir) / "calls.log", "a") as fh:
+    with open(Path(ctx.config.run_dir) / "calls.log", "a") as fh:
         fh.write(name + "\n")
 
 
@@ -24,20 +67,33 @@ def _read_inputs(ctx: StageContext) -> dict[str, str]:
     return {name: (path / "payload.json").read_text() for name, path in ctx.inputs.items()}
 
 
-def _make_stage(name: str, upstream: tuple[str, ...], slice_fn, fail: Collection[str], artifacts=(), uses_gpu=False):
+def _meet(ctx: StageContext, name: str, others: Collection[str], timeout_s: float = 30.0) -> None:
+    """Wait until every stage in `others` has started too: only stages that run concurrently get past."""
+    run_dir = Path(ctx.config.run_dir)
+    (run_dir / f"started-{name}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not all((run_dir / f"started-{o}").exists() for o in others):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} never met {sorted(others)}: they did not run concurrently")
+        time.sleep(0.05)
+
+
+def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig], fail: Collection[str], artifacts=(), uses_gpu=False,
+                meet: Collection[str] = ()):  # fmt: skip
     def run(ctx: StageContext) -> dict[str, float]:
         _record_call(ctx, name)
         inputs = _read_inputs(ctx)
+        if name in meet:
+            _meet(ctx, name, set(meet) - {name})
         if name in fail:
             (ctx.out_dir / "partial.bin").write_bytes(b"half-written")
             raise RuntimeError(f"{name} exploded on purpose")
-        config = slice_fn(ctx.cfg)
-        (ctx.out_dir / "payload.json").write_text(json.dumps({"stage": name, "config": config, "inputs": sorted(inputs)}))
+        (ctx.out_dir / "payload.json").write_text(json.dumps({"stage": name, "config": ctx.config.model_dump(mode="json"), "inputs": sorted(inputs)}))
         metrics = {"n_inputs": float(len(inputs))}
         if name == "dpo":
             for step in range(3):
                 ctx.sink.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
-            metrics["beta_seen"] = ctx.cfg.dpo.beta
+            metrics["beta_seen"] = ctx.config.dpo.beta
         if name == "evaluate":
             (ctx.out_dir / "win_rates.json").write_text(json.dumps({"0.0": 0.6}))
             metrics["win_rate"] = 0.6
@@ -45,31 +101,35 @@ def _make_stage(name: str, upstream: tuple[str, ...], slice_fn, fail: Collection
             (ctx.out_dir / "report.md").write_text("# report\n")
         return metrics
 
-    return StageSpec(
-        name=name, upstream=upstream, version="1", config_slice=slice_fn, run=run, artifacts=tuple(artifacts), uses_gpu=uses_gpu
-    )
+    run.__module__ = __name__
+    return StageSpec(name=name, upstream=upstream, config=config, run=run, artifacts=tuple(artifacts), uses_gpu=uses_gpu)
 
 
-def _dump(model) -> dict:
-    return model.model_dump(mode="json")
-
-
-def make_specs(fail: Collection[str] = ()) -> list[StageSpec]:
-    """The fake pipeline; stages named in `fail` raise after writing part of their output."""
+def make_specs(fail: Collection[str] = (), meet: Collection[str] = ()) -> list[StageSpec]:
+    """The fake pipeline; stages named in `fail` raise after writing part of their output, stages
+    named in `meet` wait for each other (they fail unless they run at the same time)."""
     return [
-        _make_stage("sft", (), lambda c: {"model": _dump(c.model), "data": _dump(c.data), "sft": _dump(c.sft)}, fail, uses_gpu=True),
-        _make_stage("pairs", ("sft",), lambda c: {"pairs": _dump(c.pairs), "data.seed": c.data.seed}, fail, uses_gpu=True),
-        _make_stage("reference", ("sft", "pairs"), lambda c: {"reference": _dump(c.reference)}, fail, uses_gpu=True),
-        _make_stage("dpo", ("sft", "pairs", "reference"), lambda c: {"dpo": _dump(c.dpo)}, fail, uses_gpu=True),
-        _make_stage("evaluate", ("sft", "dpo"), lambda c: {"evaluate": _dump(c.evaluate)}, fail, artifacts=("win_rates.json",)),
-        _make_stage("ood", ("dpo",), lambda c: {"ood": _dump(c.ood)}, fail),
-        _make_stage("report", ("evaluate", "ood"), lambda c: {}, fail, artifacts=("report.md",)),
+        _make_stage("sft", (), SFTFake, fail, uses_gpu=True),
+        _make_stage("pairs", ("sft",), PairsFake, fail, uses_gpu=True),
+        _make_stage("reference", ("sft", "pairs"), ReferenceFake, fail, uses_gpu=True),
+        _make_stage("dpo", ("sft", "reference"), DPOFake, fail, uses_gpu=True),
+        _make_stage("evaluate", ("sft", "dpo"), EvaluateFake, fail, artifacts=("win_rates.json",), meet=meet),
+        _make_stage("ood", ("dpo",), OODFake, fail, meet=meet),
+        _make_stage("report", ("evaluate", "ood"), ReportFake, fail, artifacts=("report.md",)),
     ]
 
 
-# For StageCatalog.from_source("stage_doubles:SPECS") (the flow's stage_source parameter).
 SPECS = make_specs()
 ORDER = [s.name for s in SPECS]
+
+
+def catalog(fail: Collection[str] = (), meet: Collection[str] = ()) -> StageCatalog:
+    return StageCatalog.of(make_specs(fail, meet))
+
+
+def use_doubles(monkeypatch: pytest.MonkeyPatch, fail: Collection[str] = (), meet: Collection[str] = ()) -> None:
+    """Make the default catalog (what the CLI and the flow plan with) the doubles."""
+    monkeypatch.setattr(StageCatalog, "default", classmethod(lambda cls: catalog(fail, meet)))
 
 
 def calls(cfg: PipelineConfig) -> list[str]:
@@ -87,8 +147,3 @@ def tiny_config(run_dir: Path, **overrides) -> PipelineConfig:
             node = node.setdefault(p, {})
         node[leaf] = value
     return PipelineConfig.model_validate(data)
-
-
-def failing_dpo() -> list[StageSpec]:
-    """For StageCatalog.from_source("stage_doubles:failing_dpo")."""
-    return make_specs(fail={"dpo"})

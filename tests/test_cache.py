@@ -12,7 +12,10 @@ from alignpipe.cache import MANIFEST, StageStore, canonical_json, stage_key
 
 
 def _build(store: StageStore, key: str, compute, force: bool = False, stage: str = "dpo"):
-    return store.build(stage, key, version="1", config={"beta": 0.1}, upstream={"sft": "a" * 64}, compute=compute, force=force)
+    return store.build(
+        stage, key, code="c0de", config={"beta": 0.1}, inputs={"data.dir": "sha256:d1"}, upstream={"sft": "a" * 64},
+        compute=compute, force=force,
+    )  # fmt: skip
 
 
 def _writer(text: str = "weights", metrics=None):
@@ -26,16 +29,18 @@ def _writer(text: str = "weights", metrics=None):
 
 
 def test_key_is_stable_and_sensitive_to_every_input():
-    base = stage_key("dpo", "1", {"b": 1, "a": [1, 2]}, {"sft": "k1"})
-    assert base == stage_key("dpo", "1", {"a": (1, 2), "b": 1}, {"sft": "k1"})  # key order, tuple vs list
+    inputs = {"data.dir": "sha256:d1"}
+    base = stage_key("dpo", "c1", {"b": 1, "a": [1, 2]}, inputs, {"sft": "k1"})
+    assert base == stage_key("dpo", "c1", {"a": (1, 2), "b": 1}, dict(inputs), {"sft": "k1"})  # key order, tuple vs list
     assert len(base) == 64
     variants = [
-        stage_key("sft", "1", {"b": 1, "a": [1, 2]}, {"sft": "k1"}),
-        stage_key("dpo", "2", {"b": 1, "a": [1, 2]}, {"sft": "k1"}),
-        stage_key("dpo", "1", {"b": 2, "a": [1, 2]}, {"sft": "k1"}),
-        stage_key("dpo", "1", {"b": 1, "a": [1, 2]}, {"sft": "k2"}),
+        stage_key("sft", "c1", {"b": 1, "a": [1, 2]}, inputs, {"sft": "k1"}),
+        stage_key("dpo", "c2", {"b": 1, "a": [1, 2]}, inputs, {"sft": "k1"}),
+        stage_key("dpo", "c1", {"b": 2, "a": [1, 2]}, inputs, {"sft": "k1"}),
+        stage_key("dpo", "c1", {"b": 1, "a": [1, 2]}, {"data.dir": "sha256:d2"}, {"sft": "k1"}),
+        stage_key("dpo", "c1", {"b": 1, "a": [1, 2]}, inputs, {"sft": "k2"}),
     ]
-    assert len({base, *variants}) == 5
+    assert len({base, *variants}) == 6
 
 
 def test_canonical_json_rejects_unknown_types_by_name():
@@ -51,8 +56,11 @@ def test_build_publishes_a_manifest_listing_files_and_reuses_it(tmp_path):
     assert not first.cached
     assert first.out_dir == tmp_path / "store" / "dpo" / key[:16]
     manifest = json.loads((first.out_dir / MANIFEST).read_text())
-    assert manifest["key"] == key and manifest["stage"] == "dpo" and manifest["version"] == "1"
+    assert manifest["key"] == key and manifest["stage"] == "dpo" and manifest["code"] == "c0de"
     assert manifest["config"] == {"beta": 0.1} and manifest["upstream"] == {"sft": "a" * 64}
+    assert manifest["inputs"] == {"data.dir": "sha256:d1"}
+    assert set(manifest["libraries"]) == {"torch", "transformers", "peft", "accelerate", "datasets"}
+    assert manifest["libraries"]["torch"].startswith("2.") and manifest["pid"] > 0 and manifest["host"]
     assert manifest["metrics"] == {"loss": 0.5}
     assert manifest["files"] == [{"path": "model.bin", "size": 7}, {"path": "sub/log.txt", "size": 2}]
 
@@ -152,7 +160,7 @@ def _prepared(store: StageStore, key: str) -> Path:
     tmp = store.stage_dir("dpo") / f".other-{key[:16]}"
     tmp.mkdir(parents=True)
     (tmp / "model.bin").write_text("theirs")
-    manifest = Manifest("dpo", key, "1", {}, {}, {"loss": 1.0}, "now", 0.0, _list_files(tmp))
+    manifest = Manifest("dpo", key, "c0de", {}, {}, {}, {"loss": 1.0}, "now", 0.0, _list_files(tmp))
     _write_json_atomic(tmp / MANIFEST, manifest.to_dict())
     return tmp
 

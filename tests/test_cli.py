@@ -9,9 +9,12 @@ from typer.testing import CliRunner
 
 from alignpipe.cli import app
 from pipeline_config import loading
-from stage_doubles import calls, tiny_config
+from stage_doubles import calls, tiny_config, use_doubles
 
-FAKES = ["--stages-from", "stage_doubles:SPECS"]
+
+@pytest.fixture
+def doubles(monkeypatch):
+    use_doubles(monkeypatch)
 
 
 @pytest.fixture
@@ -67,29 +70,30 @@ def test_presets_lists_names_with_descriptions(tmp_path, monkeypatch):
     _one_line_error(invoke("presets"), 1, "no presets found")
 
 
-def test_stage_runs_missing_upstream_then_reuses(config):
+def test_stage_runs_missing_upstream_then_reuses(config, doubles):
     cfg = tiny_config(config.parent / "run")
-    first = invoke("stage", "dpo", "--config", config, "--no-track", *FAKES)
+    first = invoke("stage", "dpo", "--config", config, "--no-track")
     assert first.exit_code == 0, first.output
     assert "ran: sft, pairs, reference, dpo" in first.output
     assert calls(cfg) == ["sft", "pairs", "reference", "dpo"]
 
-    again = invoke("stage", "dpo", "--config", config, "--no-track", *FAKES)
+    again = invoke("stage", "dpo", "--config", config, "--no-track")
     assert "ran: nothing (all cached)" in again.output
-    forced = invoke("stage", "dpo", "--config", config, "--no-track", "--force", *FAKES)
+    forced = invoke("stage", "dpo", "--config", config, "--no-track", "--force")
     assert "ran: dpo" in forced.output
     assert calls(cfg) == ["sft", "pairs", "reference", "dpo", "dpo"]
 
 
-def test_failing_stage_exits_1_with_the_cause_and_its_traceback(config):
-    result = invoke("stage", "dpo", "--config", config, "--no-track", "--stages-from", "stage_doubles:failing_dpo")
-    assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines()[-1] == "Error: stage 'dpo' failed: RuntimeError: dpo exploded on purpose"
-    assert "Traceback" in result.output and "stage_doubles.py" in result.output
+def test_failing_stage_exits_1_in_one_line_naming_its_traceback_file(config, monkeypatch):
+    use_doubles(monkeypatch, fail={"dpo"})
+    result = invoke("stage", "dpo", "--config", config, "--no-track")
+    line = _one_line_error(result, 1, "Error: stage 'dpo' failed: RuntimeError: dpo exploded on purpose (traceback: ")
+    log_file = line.split("(traceback: ")[1].rstrip(")")
+    assert "stage_doubles.py" in open(log_file).read()
 
 
-def test_tracked_stage_shows_up_in_runs_and_compare(config):
-    ran = invoke("stage", "evaluate", "--config", config, *FAKES)
+def test_tracked_stage_shows_up_in_runs_and_compare(config, doubles):
+    ran = invoke("stage", "evaluate", "--config", config)
     assert ran.exit_code == 0, ran.output
     assert "mlflow ui --backend-store-uri sqlite:///" in ran.output
     listed = invoke("runs", "--config", config, "--metric", "evaluate/win_rate")
@@ -104,7 +108,7 @@ def test_tracked_stage_shows_up_in_runs_and_compare(config):
     _one_line_error(invoke("compare", "ffffffffffff", "--config", config), 2, "run id 'ffffffffffff'", "not found")
 
 
-def test_ui_and_schedule_print_commands(config):
+def test_ui_and_schedule_print_commands(config, doubles):
     ui = invoke("ui", "--config", config, "--port", "5055")
     assert ui.exit_code == 0, ui.output
     db = (config.parent / "run" / "mlflow.db").resolve()
@@ -112,7 +116,7 @@ def test_ui_and_schedule_print_commands(config):
     sched = invoke("schedule", "--cron", "0 3 * * *", "--config", config, "--work-pool", "gpu-pool", "--set", "dpo.beta=0.2")
     assert sched.exit_code == 0, sched.output
     assert "prefect deploy flows/pipeline.py:alignpipe_pipeline --name alignpipe-nightly --pool gpu-pool" in sched.output
-    assert "--cron '0 3 * * *'" in sched.output and '"overrides": ["dpo.beta=0.2"]' in sched.output
+    assert "--cron '0 3 * * *'" in sched.output and '"beta": 0.2' in sched.output
 
 
 def test_results_table_lists_win_rate_reward_and_kl_per_temperature():

@@ -43,13 +43,13 @@ def test_data_dir_adapters_read_the_shared_layout(tmp_path):
 
 def test_adapter_errors_name_file_line_and_field(tmp_path):
     write_jsonl(tmp_path / "imdb.jsonl", [{"text": "ok", "label": 1}, {"text": "ok", "label": 2}])
-    with pytest.raises(RecordError, match=r"^imdb\.jsonl:2: field 'label' must be 0 or 1, got 2$"):
+    with pytest.raises(RecordError, match=r"(^|/)imdb\.jsonl:2: field 'label' must be 0 or 1, got 2$"):
         adapters.imdb(tmp_path)
     write_jsonl(tmp_path / "tldr.jsonl", [{"prompt": "POST: no summary cue", "label": "s"}])
-    with pytest.raises(RecordError, match=r"^tldr\.jsonl:1: field 'prompt' does not end in 'TL;DR:'$"):
+    with pytest.raises(RecordError, match=r"(^|/)tldr\.jsonl:1: field 'prompt' does not end in 'TL;DR:'$"):
         adapters.tldr(tmp_path)
     write_jsonl(tmp_path / "ultrafeedback.jsonl", [{"prompt": "q", "chosen": [{"role": "user", "content": "q"}], "rejected": "r"}])
-    with pytest.raises(RecordError, match=r"^ultrafeedback\.jsonl:1: field 'chosen' has no assistant message$"):
+    with pytest.raises(RecordError, match=r"(^|/)ultrafeedback\.jsonl:1: field 'chosen' has no assistant message$"):
         adapters.ultrafeedback(tmp_path)
 
 
@@ -57,18 +57,16 @@ def test_hh_mismatched_prompts_fail_strict_and_are_dropped_otherwise(tmp_path, c
     good = {"chosen": HH_PROMPT + " Simmer it.", "rejected": HH_PROMPT + " Microwave it."}
     bad = {"chosen": HH_PROMPT + " A.", "rejected": "\n\nHuman: Something else?\n\nAssistant: B."}
     write_jsonl(tmp_path / "hh_rlhf.jsonl", [good, bad, good])
-    with pytest.raises(RecordError, match=r"^hh_rlhf\.jsonl:2: fields 'chosen' and 'rejected' have different prompts"):
+    with pytest.raises(RecordError, match=r"(^|/)hh_rlhf\.jsonl:2: fields 'chosen' and 'rejected' have different prompts"):
         adapters.hh_rlhf(tmp_path)
     assert len(adapters.hh_rlhf(tmp_path, strict=False)) == 2
     assert "dropped 1 of 3 pairs" in caplog.text
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):
-    monkeypatch.delenv("ALIGNPIPE_DATA_DIR", raising=False)
-    assert resolve_data_dir(None) is None
     monkeypatch.setenv("ALIGNPIPE_DATA_DIR", str(tmp_path))
-    assert resolve_data_dir(None) == tmp_path
-    assert resolve_data_dir(tmp_path / "..") == tmp_path / ".."  # the argument wins over the env
+    assert resolve_data_dir(None) is None  # the environment is read once, when the config is loaded
+    assert resolve_data_dir(tmp_path) == tmp_path
     with pytest.raises(SourceUnavailable, match="not a directory"):
         resolve_data_dir(tmp_path / "missing")
     with pytest.raises(SourceUnavailable, match=r"imdb\.jsonl: not found in data dir"):
@@ -171,7 +169,7 @@ def test_shared_imdb_tldr_cnn(shared_data):
 def test_shared_hh_rlhf(shared_data):
     raw = _lines(shared_data / "hh_rlhf.jsonl")
     # The public harmless-base test file has a few pairs that are not DPO pairs: strict mode names the first.
-    with pytest.raises(RecordError, match=r"^hh_rlhf\.jsonl:\d+: field"):
+    with pytest.raises(RecordError, match=r"(^|/)hh_rlhf\.jsonl:\d+: field"):
         adapters.hh_rlhf(shared_data)
     pairs = adapters.hh_rlhf(shared_data, strict=False)
     assert 0.99 * len(raw) < len(pairs) < len(raw)

@@ -103,10 +103,18 @@ def test_hh_preferred_ft_and_pairs_exclude_eval_prompts(data_dir):
     assert all(p["chosen"].startswith(" good") and p["rejected"].startswith(" bad") for p in pairs)
 
 
-def test_env_data_dir_is_used_when_config_has_none(data_dir, monkeypatch):
+def test_env_data_dir_becomes_data_dir_when_the_config_sets_none(data_dir, monkeypatch):
+    """ALIGNPIPE_DATA_DIR is read once, at the edge, into data.dir: so the stages' keys cover it."""
+    from pipeline_config.loading import explain_config, load_config
+
     monkeypatch.setenv("ALIGNPIPE_DATA_DIR", str(data_dir))
-    assert [a["id"] for a in ood_articles(None, 3)] == ["id0", "id1", "id2"]
-    assert len(sft_examples(DataConfig(task="hh", eval_size=2), 5)) == 5
+    cfg = load_config("demo", overrides=["data.task=hh", "data.eval_size=2"])
+    assert cfg.data.dir == str(data_dir)
+    assert [a["id"] for a in ood_articles(cfg.data.dir, 3)] == ["id0", "id1", "id2"]
+    assert len(sft_examples(cfg.data, 5)) == 5
+    entry = next(e for e in explain_config("demo")[1] if e.path == "data.dir")
+    assert entry.value == str(data_dir) and entry.source == "env ALIGNPIPE_DATA_DIR"
+    assert load_config("demo", overrides=["data.dir=/elsewhere"]).data.dir == "/elsewhere"  # the config wins
 
 
 def test_builtin_fallback_when_offline(monkeypatch, tmp_path):

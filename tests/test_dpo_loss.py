@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from alignpipe.dpo import preference_loss
+from alignpipe.dpo.loss import preference_loss
 
 PC, PR, RC, RR = -10.0, -12.0, -11.0, -11.5  # h = (PC-RC) - (PR-RR) = 1 - (-0.5) = 1.5
 H = 1.5

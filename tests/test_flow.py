@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stage_doubles import ORDER, calls
+from stage_doubles import ORDER, calls, make_specs, use_doubles
 
 pytestmark = pytest.mark.slow
 
-FAKES = "stage_doubles:SPECS"
 GPU_STAGES = {"sft", "pairs", "reference", "dpo"}
+UPSTREAM = {s.name: set(s.upstream) for s in make_specs()}
 
 
 def _task_runs(flow_run_id: str, expected: int) -> list:
@@ -34,7 +34,7 @@ def _task_runs(flow_run_id: str, expected: int) -> list:
             time.sleep(0.5)
 
 
-def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_prefect):
+def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_prefect, monkeypatch, capfd):
     from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
 
@@ -53,10 +53,11 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
         )
     )
     cfg = load_config(path=config)
+    use_doubles(monkeypatch, meet={"evaluate", "ood"})  # they fail unless they run concurrently
 
-    summary = alignpipe_pipeline(config_path=str(config), stage_source=FAKES)
+    summary = alignpipe_pipeline(config=cfg.model_dump(mode="json"))
     assert summary["executed"] == ORDER and summary["reused"] == []
-    assert calls(cfg) == ORDER
+    assert calls(cfg)[:4] == ORDER[:4] and sorted(calls(cfg)[4:6]) == ["evaluate", "ood"] and calls(cfg)[6] == "report"
     assert summary["report"] == str(Path(summary["run_dir"]) / "store" / "report" / summary["stages"][-1]["key"][:16] / "report.md")
     flow_run_id = summary["prefect_flow_run_id"]
     assert flow_run_id
@@ -73,15 +74,20 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
     assert sorted(t.name for t in task_runs) == sorted(ORDER)
     assert {t.name for t in task_runs if "gpu" in t.tags} == GPU_STAGES
     assert all(t.state is None or t.state.is_completed() for t in task_runs)
+    # The task graph is the stage graph: each task run's inputs are its upstream stages' task runs.
+    by_id = {str(t.id): t.name for t in task_runs}
+    for t in task_runs:
+        fed_by = {by_id[str(inp.id)] for inp in t.task_inputs.get("upstream", [])}
+        assert fed_by == UPSTREAM[t.name], t.name
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name("alignpipe-gpu").limit == cfg.orchestration.gpu_concurrency_limit
 
     # Second run through the CLI: nothing recomputed, the summary table says so.
-    result = CliRunner().invoke(app, ["run", "--config", str(config), "--stages-from", FAKES])
+    result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert calls(cfg) == ORDER
+    assert len(calls(cfg)) == len(ORDER)
     assert "0 ran, 7 reused" in result.output
     rows = [line for line in result.output.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() in ORDER]
     assert len(rows) == len(ORDER) and all(row.split("│")[2].strip() == "yes" for row in rows)
@@ -96,9 +102,13 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
     # A stage that crashes under the flow: exit 1 naming it, MLflow parent FAILED, and the
     # previous output of the forced stage is still intact.
     dpo_dir = Path(summary["stages"][3]["out_dir"])
-    failed = CliRunner().invoke(app, ["run", "--config", str(config), "--rerun", "dpo", "--stages-from", "stage_doubles:failing_dpo"])
+    use_doubles(monkeypatch, fail={"dpo"})
+    capfd.readouterr()
+    failed = CliRunner().invoke(app, ["run", "--config", str(config), "--rerun", "dpo"])
     assert failed.exit_code == 1, failed.output
     assert "Error: stage 'dpo' failed: RuntimeError: dpo exploded on purpose" in failed.output
+    logged = capfd.readouterr()
+    assert "Traceback" not in failed.output + logged.out + logged.err  # an expected failure is one line, Prefect's logs too
     assert (dpo_dir / "manifest.json").exists() and not (dpo_dir / "partial.bin").exists()
     newest = max(mlflow.search_runs([parent.info.experiment_id], filter_string="tags.`alignpipe.kind` = 'pipeline'"),
                  key=lambda r: r.info.start_time)  # fmt: skip

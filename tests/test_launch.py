@@ -21,7 +21,8 @@ class RecordingSink:
 
 
 def test_sft_and_dpo_run_on_two_processes(tmp_path, tiny_model_dir, monkeypatch):
-    from alignpipe.runner import Runner
+    from alignpipe.pipeline import launcher_for, run_stage
+    from alignpipe.plan import plan_pipeline
     from pipeline_config import load_config
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -33,13 +34,13 @@ def test_sft_and_dpo_run_on_two_processes(tmp_path, tiny_model_dir, monkeypatch)
             "pairs.generation.max_new_tokens=8", "dpo.batch_size=8", "dpo.micro_batch_size=4", "dpo.epochs=1",
         ],
     )  # fmt: skip
-    runner = Runner(cfg)
-    assert runner.launcher is not None and runner.launcher.num_processes == 2
-    plan = runner.plan(["dpo"])
+    launcher = launcher_for(cfg)
+    assert launcher is not None and launcher.num_processes == 2
+    plan = plan_pipeline(cfg, ["dpo"])
     sinks = {}
     for planned in plan:
         sinks[planned.spec.name] = RecordingSink()
-        outcome = runner.run_stage(planned, sink=sinks[planned.spec.name])
+        outcome = run_stage(planned, plan.store, sink=sinks[planned.spec.name], launcher=launcher)
         assert not outcome.cached
     dpo_dir = next((tmp_path / "run" / "store" / "dpo").glob("*/manifest.json")).parent
     history = [json.loads(line) for line in (dpo_dir / "history.jsonl").read_text().splitlines()]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from alignpipe.batching import collate_concatenated, collate_prefix_shared
-from alignpipe.dpo import pair_logps
+from alignpipe.dpo.scoring import pair_logps
 from alignpipe.dpo.scoring import pair_collator
 from alignpipe.logprobs import SequenceScorer, naive_selective_log_softmax, selective_log_softmax
 from alignpipe.tokenization import tokenize_pairs

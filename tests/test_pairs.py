@@ -66,14 +66,15 @@ def test_judge_labels_become_copeland_scores(tmp_path):
 @pytest.mark.parametrize("task", ["hh", "tldr"])
 def test_human_pairs_stage_imports_real_samples(task, shared_data, tmp_path):
     """pairs.source=human: the real HH / TL;DR comparison samples become the same pairs table."""
+    from alignpipe.stages.artifacts import read_pairs
     from alignpipe.stages.base import StageContext
-    from alignpipe.stages.pairs_stage import SPEC, read_pairs
+    from alignpipe.stages.pairs_stage import SPEC
     from pipeline_config.schema import PipelineConfig
 
     cfg = PipelineConfig.model_validate(
         {"data": {"task": task, "dir": str(shared_data), "prompt_size": 30, "eval_size": 4}, "pairs": {"source": "human"}}
     )
-    metrics = SPEC.run(StageContext(cfg=cfg, out_dir=tmp_path, inputs={}))
+    metrics = SPEC.run(StageContext(config=SPEC.config.of(cfg), out_dir=tmp_path, inputs={}))
     rows = read_pairs(tmp_path)
     assert metrics["pairs"] == len(rows) > 0 and all(r["source"] == "human" for r in rows)
     assert all(r["chosen"].strip() and r["rejected"].strip() and r["chosen"] != r["rejected"] for r in rows)

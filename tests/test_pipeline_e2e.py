@@ -20,9 +20,11 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     from mlflow.tracking import MlflowClient
 
     from flows.pipeline import alignpipe_pipeline
+    from pipeline_config import load_config
 
     config = tiny_pipeline_config(tmp_path, tiny_model_dir)
-    first = alignpipe_pipeline(config_path=str(config))
+    params = load_config(path=config).model_dump(mode="json")
+    first = alignpipe_pipeline(config=params)
     assert first["executed"] == ALL and first["reused"] == []
 
     report = Path(first["report"])
@@ -34,10 +36,10 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     pairs = json.loads(next((store / "pairs").glob("*/stats.json")).read_text())
     assert pairs["pairs"] > 0 and pairs["pairs"] + pairs["ties"] == 6 * pairs["prompts"]
 
-    second = alignpipe_pipeline(config_path=str(config))
+    second = alignpipe_pipeline(config=params)
     assert second["executed"] == [] and second["reused"] == ALL
 
-    third = alignpipe_pipeline(config_path=str(config), overrides=["dpo.beta=0.5"])
+    third = alignpipe_pipeline(config=load_config(path=config, overrides=["dpo.beta=0.5"]).model_dump(mode="json"))
     assert third["executed"] == ["dpo", "evaluate", "ood", "report"]
     assert third["reused"] == ["sft", "pairs", "reference"]
 

@@ -42,10 +42,10 @@ def _tiny(preset: str, run_dir, model_dir, data_dir):
 
 @pytest.mark.parametrize("preset, baseline", [("tldr", "reference_text"), ("hh", "chosen")])
 def test_paper_preset_runs_end_to_end_on_a_tiny_model(preset, baseline, tmp_path, tiny_model_dir, shared_data):
-    from alignpipe.runner import Runner
+    from alignpipe.pipeline import run_pipeline
 
-    runner = Runner(_tiny(preset, tmp_path / "run", tiny_model_dir, shared_data))
-    outcomes = {p.spec.name: runner.run_stage(p) for p in runner.plan()}
+    result = run_pipeline(_tiny(preset, tmp_path / "run", tiny_model_dir, shared_data))
+    outcomes = {o.name: o for o in result.outcomes}
     assert outcomes["pairs"].metrics["pairs"] > 0
     assert outcomes["reference"].metrics["pairs"] == outcomes["pairs"].metrics["pairs"]
     rows = json.loads((outcomes["evaluate"].out_dir / "win_rates.json").read_text())

@@ -148,7 +148,7 @@ def test_missing_sections_are_omitted_with_a_note(tmp_path):
     assert not (tmp_path / FIGURES["frontier"]).exists() and not (tmp_path / FIGURES["ood"]).exists()
     md = (tmp_path / REPORT_FILE).read_text()
     assert "> Omitted: no reward/KL rows" in md
-    assert "> Omitted: the OOD evaluation did not run" in md
+    assert "> Omitted: the OOD stage produced no results" in md
     assert "Only one temperature was evaluated" in md
     assert "SFT history: none recorded." in md
     assert all((tmp_path / img).exists() for img in embedded_images(md))  # no broken links

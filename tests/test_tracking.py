@@ -1,15 +1,19 @@
 """MLflow tracking over fake stages: run layout, tags, cached headlines, failures, secrets."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+from rich.console import Console
 
-from alignpipe.runner import Runner, SilentReporter, StageCatalog, StageFailed
+from alignpipe.pipeline import ConsoleReporter, StageFailed, run_pipeline
+from alignpipe.plan import StageCatalog
 from alignpipe.stages.base import StageSpec
 from alignpipe.tracking import (
     REDACTED,
@@ -19,6 +23,7 @@ from alignpipe.tracking import (
     redact_uri,
     resolve_tracking_uri,
 )
+from pipeline_config.slices import From, StageConfig
 from stage_doubles import ORDER, calls, make_specs, tiny_config
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -38,10 +43,8 @@ def cfg(tmp_path, shared_db, request):
 
 
 def _tracked_run(cfg, specs=None, fail=()):
-    runner = Runner(cfg, StageCatalog.of(specs or make_specs(fail)))
-    with PipelineTracker(cfg) as tracker:
-        result = runner.run(runner.plan(), execute=tracker.wrap(runner.run_stage), reporter=SilentReporter())
-        tracker.record_pipeline(result)
+    tracker = PipelineTracker(cfg)
+    result = run_pipeline(cfg, catalog=StageCatalog.of(specs or make_specs(fail)), tracker=tracker, reporter=ConsoleReporter(Console(file=io.StringIO())))
     return tracker, result
 
 
@@ -80,7 +83,7 @@ def test_parent_and_stage_runs_carry_tags_params_and_headlines(cfg, tmp_path):
             assert run.data.tags["cached"] == cached
             assert run.data.tags["stage_key"] == result.outcome(name).key
         # Params are the stage's own slice only.
-        assert set(children["dpo"].data.params) == {f"dpo.{k}" for k in cfg.dpo.model_dump()}
+        assert set(children["dpo"].data.params) == {f"dpo.{k}" for k in cfg.dpo.model_dump()} | {"run_dir"}
         assert "evaluate.n_prompts" not in children["dpo"].data.params
         assert [a.path for a in client.list_artifacts(children["evaluate"].info.run_id)] == ["win_rates.json"]
         assert [a.path for a in client.list_artifacts(children["report"].info.run_id)] == ["report.md"]
@@ -108,6 +111,10 @@ def test_a_failing_stage_marks_its_run_and_the_parent_failed(cfg):
     assert children["sft"].info.status == "FINISHED"
 
 
+class SecretsSlice(StageConfig):
+    judge: Annotated[dict, From("evaluate.judge")]
+
+
 def test_secrets_are_never_logged(cfg, monkeypatch):
     secret = "sk-test-0123456789abcdef"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -117,15 +124,9 @@ def test_secrets_are_never_logged(cfg, monkeypatch):
         (ctx.out_dir / "fine.txt").write_text("nothing to see")
         return {"score": 1.0}
 
-    spec = StageSpec(
-        name="judge",
-        upstream=(),
-        version="1",
-        config_slice=lambda c: {"judge": {"api_key": "inline-secret", "hf_token": "hf_abcdefgh", "max_new_tokens": 64,
-                                          "base_url": f"https://proxy/{secret}"}},  # fmt: skip
-        run=run,
-        artifacts=("leak.txt", "fine.txt"),
-    )
+    spec = StageSpec(name="judge", upstream=(), config=SecretsSlice, run=run, artifacts=("leak.txt", "fine.txt"))
+    secrets = {"api_key": "inline-secret", "hf_token": "hf_abcdefgh", "max_new_tokens": 64, "base_url": f"https://proxy/{secret}"}
+    monkeypatch.setattr(SecretsSlice, "of", classmethod(lambda cls, c: cls(judge=secrets)))
     tracker, _ = _tracked_run(cfg, specs=[spec])
     client = _client(cfg)
     child = _children(client, tracker.run_id)["judge"]
@@ -159,17 +160,18 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
 CONCURRENT_RUN = textwrap.dedent(
     """
     import sys, time, pathlib
-    from alignpipe.runner import Runner, SilentReporter, StageCatalog
+    import io
+    from rich.console import Console
+    from alignpipe.pipeline import ConsoleReporter, run_pipeline
     from alignpipe.tracking import PipelineTracker
-    from stage_doubles import make_specs, tiny_config
+    from stage_doubles import catalog, tiny_config
     run_dir, uri, experiment, me, other = pathlib.Path(sys.argv[1]), *sys.argv[2:]
     (run_dir / f"ready-{me}").touch()
     while not (run_dir / f"ready-{other}").exists():  # start together
         time.sleep(0.01)
     cfg = tiny_config(run_dir, tracking__tracking_uri=uri, tracking__experiment=experiment)
-    runner = Runner(cfg, StageCatalog.of(make_specs()))
-    with PipelineTracker(cfg, run_name=f"proc-{me}") as tracker:
-        runner.run(runner.plan(), execute=tracker.wrap(runner.run_stage), reporter=SilentReporter())
+    tracker = PipelineTracker(cfg, run_name=f"proc-{me}")
+    run_pipeline(cfg, catalog=catalog(), tracker=tracker, reporter=ConsoleReporter(Console(file=io.StringIO())))
     """
 )
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from alignpipe.data import formats
 from alignpipe.data.records import FieldSpec, RecordError, read_records, read_rows, validate_rows, validated
-from alignpipe.data.sources import data_dir_file, hub_rows, hub_source_label
+from alignpipe.data.sources import HUB_DATASETS, data_dir_file, hub_rows, hub_source_label
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,15 @@ LOCAL_FIELDS = (FieldSpec("prompt"), FieldSpec("chosen", required=False), FieldS
 
 
 def _rows_and_source(
-    name: str, data_dir: Optional[Path], repo_id: str, split: str, config: Optional[str] = None,
+    name: str, data_dir: Optional[Path], split: str, config: Optional[str] = None,
     revision: Optional[str] = None, hub_row: Optional[Callable[[dict[str, Any]], Optional[dict[str, Any]]]] = None,
 ) -> tuple[Iterable[Row], str]:
     """(rows, how errors name their source): the data-dir file, or the hub split mapped by `hub_row`
     (which returns None for rows that do not belong to this dataset, e.g. CNN/DM comparisons)."""
     if data_dir is not None:
         path = data_dir_file(data_dir, name)
-        return read_rows(path), path.name
+        return read_rows(path), str(path)
+    repo_id = HUB_DATASETS[name]
     rows = hub_rows(repo_id, split, config, revision)
     return (rows if hub_row is None else _mapped(rows, hub_row)), hub_source_label(repo_id, split)
 
@@ -57,7 +58,7 @@ def _mapped(rows: Iterable[Row], hub_row: Callable[[dict[str, Any]], Optional[di
 
 def imdb(data_dir: Optional[Path], split: str = "train") -> list[dict[str, Any]]:
     """IMDb reviews {text (raw, with `<br />` markup), label (1 = positive)}."""
-    rows, source = _rows_and_source("imdb", data_dir, "stanfordnlp/imdb", split)
+    rows, source = _rows_and_source("imdb", data_dir, split)
     records = []
     for line_no, record in validated(rows, source, IMDB_FIELDS):
         if record["label"] not in (0, 1):
@@ -68,7 +69,7 @@ def imdb(data_dir: Optional[Path], split: str = "train") -> list[dict[str, Any]]
 
 def tldr(data_dir: Optional[Path], split: str = "train") -> list[dict[str, Any]]:
     """Reddit TL;DR {prompt (OpenAI layout, ends in "TL;DR:"), label (the human summary, as stored)}."""
-    rows, source = _rows_and_source("tldr", data_dir, "CarperAI/openai_summarize_tldr", split)
+    rows, source = _rows_and_source("tldr", data_dir, split)
     return [
         {**record, "prompt": _tldr_prompt(record["prompt"], f"{source}:{line_no}")}
         for line_no, record in validated(rows, source, TLDR_FIELDS)
@@ -78,7 +79,7 @@ def tldr(data_dir: Optional[Path], split: str = "train") -> list[dict[str, Any]]
 def tldr_comparisons(data_dir: Optional[Path], split: str = "train") -> list[dict[str, Any]]:
     """TL;DR human comparisons {prompt, chosen, rejected}; on the hub `chosen` is summaries[choice]."""
     rows, source = _rows_and_source(
-        "tldr_comparisons", data_dir, "openai/summarize_from_feedback", split,
+        "tldr_comparisons", data_dir, split,
         config="comparisons", revision="refs/convert/parquet", hub_row=_comparison_row,
     )
     return [
@@ -94,7 +95,7 @@ def hh_rlhf(data_dir: Optional[Path], split: str = "train", *, strict: bool = Tr
     valid DPO pair. strict: fail on the first one; otherwise drop them and log how many (the public
     data has a few: 9 of the 2,312 harmless-base test pairs).
     """
-    rows, source = _rows_and_source("hh_rlhf", data_dir, "Anthropic/hh-rlhf", split)
+    rows, source = _rows_and_source("hh_rlhf", data_dir, split)
     pairs, dropped = [], []
     for line_no, record in validated(rows, source, HH_RAW_FIELDS):
         try:
@@ -113,7 +114,7 @@ def hh_rlhf(data_dir: Optional[Path], split: str = "train", *, strict: bool = Tr
 
 def cnn_dailymail(data_dir: Optional[Path], split: str = "test") -> list[dict[str, Any]]:
     """CNN/DailyMail 3.0.0 {id, article, highlights}, in source order."""
-    rows, source = _rows_and_source("cnn_dailymail", data_dir, "abisee/cnn_dailymail", split, config="3.0.0")
+    rows, source = _rows_and_source("cnn_dailymail", data_dir, split, config="3.0.0")
     return validate_rows(rows, source, CNN_FIELDS)
 
 
@@ -122,7 +123,7 @@ def ultrafeedback(data_dir: Optional[Path], split: str = "train_prefs") -> list[
 
     A data-dir file may hold either message lists (the hub layout) or plain reply strings.
     """
-    rows, source = _rows_and_source("ultrafeedback", data_dir, "HuggingFaceH4/ultrafeedback_binarized", split)
+    rows, source = _rows_and_source("ultrafeedback", data_dir, split)
     pairs = []
     for line_no, record in validated(rows, source, ULTRAFEEDBACK_FIELDS):
         pair = {"prompt": record["prompt"]}

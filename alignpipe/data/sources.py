@@ -2,11 +2,12 @@
 
 The hub is tried only without a data dir, and never when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is
 set: then it counts as unavailable, so the caller can fall back to the built-in set or fail clearly.
+The data dir comes from the config only (ALIGNPIPE_DATA_DIR is folded into data.dir when the config
+is loaded), so a stage's cache key covers it.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -14,8 +15,27 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "ALIGNPIPE_DATA_DIR"
 DATASET_NAMES = ("imdb", "tldr", "tldr_comparisons", "hh_rlhf", "cnn_dailymail", "ultrafeedback")
+HUB_DATASETS = {
+    "imdb": "stanfordnlp/imdb",
+    "tldr": "CarperAI/openai_summarize_tldr",
+    "tldr_comparisons": "openai/summarize_from_feedback",
+    "hh_rlhf": "Anthropic/hh-rlhf",
+    "cnn_dailymail": "abisee/cnn_dailymail",
+    "ultrafeedback": "HuggingFaceH4/ultrafeedback_binarized",
+}
+# What each task may read: its own data, TL;DR's comparisons, and CNN/DailyMail for the OOD test.
+_TASK_DATASETS = {
+    "imdb": ("imdb",),
+    "tldr": ("tldr", "tldr_comparisons"),
+    "hh": ("hh_rlhf",),
+    "ultrafeedback": ("ultrafeedback",),
+    "local": (),
+}
+
+
+def task_datasets(task: str) -> tuple[str, ...]:
+    return (*_TASK_DATASETS[task], "cnn_dailymail")
 
 
 class SourceUnavailable(RuntimeError):
@@ -23,13 +43,12 @@ class SourceUnavailable(RuntimeError):
 
 
 def resolve_data_dir(data_dir: Optional[str | Path]) -> Optional[Path]:
-    """The data dir to read from: the argument (DataConfig.dir), else env ALIGNPIPE_DATA_DIR, else None."""
-    chosen = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
-    if chosen is None:
+    """The data dir to read from (DataConfig.dir), or None for the hub."""
+    if data_dir in (None, ""):
         return None
-    path = Path(chosen).expanduser()
+    path = Path(data_dir).expanduser()
     if not path.is_dir():
-        raise SourceUnavailable(f"data dir '{path}' is not a directory (from {'DataConfig.dir' if data_dir else DATA_DIR_ENV})")
+        raise SourceUnavailable(f"data.dir: '{path}' is not a directory")
     return path
 
 

@@ -114,6 +114,35 @@ def ood_articles(data_dir: Optional[str | Path], n: int, *, builtin_fallback: bo
     return _enough(records[:n], n, "CNN/DailyMail articles")
 
 
+TLDR_TEMPLATE = "SUBREDDIT: r/news\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
+
+
+def ood_prompt(task: str, article: str, article_chars: Optional[int]) -> str:
+    """An article as the policy sees it: the (cut) article itself for sentiment policies, else in the
+    TL;DR format the summarization policy was trained on, with the article as the post."""
+    text = article[:article_chars].rsplit(" ", 1)[0] if article_chars and len(article) > article_chars else article
+    if task in ("imdb",):
+        return text
+    first_sentence = text.split(". ")[0][:120]
+    return TLDR_TEMPLATE.format(title=first_sentence, post=text)
+
+
+def ood_prompts(cfg: DataConfig, n: int, article_chars: Optional[int]) -> list[dict[str, str]]:
+    """[{prompt, reference}] for the OOD test: CNN/DailyMail articles, reference = their highlights."""
+    articles = ood_articles(cfg.dir, n, builtin_fallback=cfg.builtin_fallback)
+    return [{"prompt": ood_prompt(cfg.task, a["article"], article_chars), "reference": " " + a["highlights"].replace("\n", " ")}
+            for a in articles]
+
+
+def describe_source(cfg: DataConfig) -> str:
+    """Where this config's data comes from, for messages: the file or dir, or the hub."""
+    if cfg.task == "local":
+        return f"data.local_path {cfg.local_path}"
+    if cfg.dir:
+        return f"data.dir {cfg.dir}"
+    return f"task '{cfg.task}' from the hub" + (" (or the built-in set)" if cfg.builtin_fallback else "")
+
+
 def _train_eval(cfg: DataConfig) -> tuple[list[list[dict]], list[list[dict]]]:
     """(train groups, held-out eval groups); a group is the examples that share one generation prompt."""
     groups: dict[str, list[dict]] = {}

@@ -1,5 +1,3 @@
-"""Direct Preference Optimization: the loss, pair scoring, and the training objective."""
-from alignpipe.dpo.loss import LOSS_TYPES, preference_loss
-from alignpipe.dpo.scoring import pair_logps, tokenized_pair_logps
-
-__all__ = ["LOSS_TYPES", "preference_loss", "pair_logps", "tokenized_pair_logps"]
+"""Direct Preference Optimization: the loss (loss.py), pair scoring (scoring.py) and the training
+objective (objective.py). Import the module you need: nothing is re-exported here, so code that
+scores pairs does not import the loss, and an edit to the loss changes only the keys of stages that use it."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Optional
 
 import torch
 
 from alignpipe.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype
+from alignpipe.stages.artifacts import HISTORY_FILE, write_jsonl
 from alignpipe.stages.base import MetricsSink
-from pipeline_config.schema import LoraConfig, ModelConfig
+from pipeline_config.schema import LoraConfig
 
 MODEL_SUBDIR = "model"
 
@@ -19,11 +20,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def load_stage_model(stage_dir: Path, model_cfg: ModelConfig, device: Optional[torch.device] = None):
-    """(model, tokenizer) saved by an upstream training stage, on the right device and dtype."""
+def load_stage_model(stage_dir: Path, dtype: str, device: Optional[torch.device] = None):
+    """(model, tokenizer) saved by an upstream training stage, on the right device and dtype (model.dtype)."""
     device = device or default_device()
     path = stage_dir / MODEL_SUBDIR
-    model = load_causal_lm(path, dtype=resolve_dtype(model_cfg.dtype, device)).to(device).eval()
+    model = load_causal_lm(path, dtype=resolve_dtype(dtype, device)).to(device).eval()
     return model, load_tokenizer(path)
 
 
@@ -61,20 +62,8 @@ def publish_training(out_dir: Path, model, tokenizer, history: list[dict], metri
     if not is_main_process():
         return
     save_model(model, tokenizer, out_dir)
-    write_jsonl(out_dir / "history.jsonl", history)
+    write_jsonl(out_dir / HISTORY_FILE, history)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class HistoryLogger:

@@ -1,29 +1,32 @@
-"""DPO training of the SFT model on the pairs, against the stored reference log-probs."""
+"""DPO training of the SFT model on the reference stage's tokenized pairs and stored log-probs."""
 from __future__ import annotations
+
+from typing import Annotated, Literal
 
 import torch
 
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
 from alignpipe.dpo.scoring import pair_collator, resolve_prefix_sharing
+from alignpipe.stages.artifacts import read_reference
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, load_trainable, publish_training
-from alignpipe.stages.reference_stage import load_reference, tokenized_pairs
 from alignpipe.train.loop import train
+from pipeline_config.schema import DPOConfig
+from pipeline_config.slices import From, StageConfig
 
 
-def config_slice(cfg) -> dict:
-    return {"dpo": cfg.dpo.model_dump(), "chat_template": cfg.model.chat_template}
+class DPOSlice(StageConfig):
+    dpo: Annotated[DPOConfig, From("dpo")]
+    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    dcfg = ctx.cfg.dpo
+    config: DPOSlice = ctx.config
+    dcfg = config.dpo
     model, tok = load_trainable(ctx.inputs["sft"])
-    pairs, _ = tokenized_pairs(ctx, tok)
-    ref_chosen, ref_rejected = load_reference(ctx.inputs["reference"])
-    if len(ref_chosen) != len(pairs):
-        raise ValueError(f"reference: {len(ref_chosen)} log-probs for {len(pairs)} pairs; rerun the reference stage")
-    items = [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(pairs, ref_chosen, ref_rejected)]
-    sharing = resolve_prefix_sharing(model, pairs[:2], tok.pad_token_id, dcfg.prefix_sharing)
+    ref = read_reference(ctx.inputs["reference"])
+    items = [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(ref.pairs, ref.chosen_logps, ref.rejected_logps)]
+    sharing = resolve_prefix_sharing(model, ref.pairs[:2], tok.pad_token_id, dcfg.prefix_sharing)
     torch.manual_seed(dcfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, dcfg.lora)
     result = train(
@@ -34,6 +37,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         checkpoint_dir=ctx.resume_dir,
         callbacks=[HistoryLogger(ctx.sink, "dpo")],
         desc="DPO",
+        say=lambda line: ctx.say(f"dpo: {line}"),
     )
     last = result.history[-max(1, len(result.history) // 10) :]  # the final tenth, less noisy than one step
     mean = lambda key: sum(h[key] for h in last) / len(last)  # noqa: E731
@@ -53,9 +57,8 @@ def run(ctx: StageContext) -> dict[str, float]:
 
 SPEC = StageSpec(
     name="dpo",
-    upstream=("sft", "pairs", "reference"),
-    version="1",
-    config_slice=config_slice,
+    upstream=("sft", "reference"),
+    config=DPOSlice,
     run=run,
     artifacts=("history.jsonl", "metrics.json"),
     uses_gpu=True,

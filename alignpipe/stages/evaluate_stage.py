@@ -1,87 +1,103 @@
-"""In-distribution evaluation: DPO policy vs baselines on held-out prompts, per temperature."""
+"""Evaluation: the DPO policy against baselines, per temperature, judged; one implementation, two stages.
+
+`evaluate` samples held-out prompts of the task; `ood` samples CNN/DailyMail articles (the paper's
+out-of-distribution test, Table 1). Both then run the same protocol (alignpipe.evaluation): sample
+the DPO policy and the SFT model at each temperature, judge against each baseline, tabulate.
+"""
 from __future__ import annotations
 
-import json
 from functools import partial
+from typing import Annotated, Literal
 
-from alignpipe.data import generation_prompts
+from alignpipe.data import generation_prompts, ood_prompts
 from alignpipe.evaluation import evaluate_policy
 from alignpipe.judge import make_judge
 from alignpipe.kl import sequence_kl
+from alignpipe.report import PAPER_TABLE1
+from alignpipe.rewards import scored_text
+from alignpipe.stages.artifacts import EVAL_FILES, write_eval_tables
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import load_stage_model, write_jsonl
-from alignpipe.stages.pairs_stage import scored_text
-from alignpipe.stages.tables import write_parquet
+from alignpipe.stages.common import load_stage_model
+from pipeline_config.schema import DataConfig, EvaluateConfig, EvaluationConfig, OODConfig
+from pipeline_config.slices import From, StageConfig
 
-EVAL_DATA_FIELDS = ("task", "dir", "builtin_fallback", "local_path", "column_map", "eval_size", "prefix_tokens", "seed")
-
-
-def config_slice(cfg) -> dict:
-    return {
-        "evaluate": cfg.evaluate.model_dump(),
-        "data": {k: getattr(cfg.data, k) for k in EVAL_DATA_FIELDS},
-        "dtype": cfg.model.dtype,
-        "seed": cfg.seed,
-    }
+Dtype = Literal["auto", "float32", "bfloat16"]
 
 
-def judge_cache_dir(ctx: StageContext):
-    """Shared by every run of this stage: a verdict is never paid for twice, even across configs."""
-    return ctx.out_dir.parent / ".judge-cache"
+class EvaluateSlice(StageConfig):
+    evaluate: Annotated[EvaluateConfig, From("evaluate")]
+    data: Annotated[DataConfig, From("data")]
+    chat_template: Annotated[bool, From("model.chat_template")]
+    dtype: Annotated[Dtype, From("model.dtype")]
+    seed: Annotated[int, From("seed")]
+
+    def protocol(self) -> EvaluationConfig:
+        return self.evaluate
+
+    def prompts(self) -> list[dict]:
+        return generation_prompts(self.data, "eval", self.evaluate.n_prompts)
 
 
-EVAL_ARTIFACTS = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json")
+class OODSlice(StageConfig):
+    ood: Annotated[OODConfig, From("ood")]
+    data: Annotated[DataConfig, From("data")]
+    chat_template: Annotated[bool, From("model.chat_template")]
+    dtype: Annotated[Dtype, From("model.dtype")]
+    seed: Annotated[int, From("seed")]
+
+    def protocol(self) -> EvaluationConfig:
+        return self.ood
+
+    def prompts(self) -> list[dict]:
+        return ood_prompts(self.data, self.ood.n_articles, self.ood.article_chars)
 
 
-def write_tables(ctx: StageContext, tables) -> dict[str, float]:
-    """Samples, verdicts and win-rate/reward tables to the stage directory; returns the headline metrics."""
-    metrics = tables.metrics()
-    write_jsonl(ctx.out_dir / "samples.jsonl", tables.samples)
-    if tables.verdicts:
-        write_parquet(ctx.out_dir / "verdicts.parquet", tables.verdicts)
-    (ctx.out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
-    (ctx.out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
-    (ctx.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+def preflight(config: EvaluateSlice | OODSlice) -> None:
+    config.prompts()
 
 
-def judge_and_tabulate(ctx: StageContext, prompts: list[dict], *, temperatures, baselines, generation, judge_cfg, compute_kl: bool = False):
-    """Load the DPO and SFT policies, sample, judge and tabulate: shared by evaluate and OOD."""
-    cfg = ctx.cfg
-    policy, tok = load_stage_model(ctx.inputs["dpo"], cfg.model)
-    sft, _ = load_stage_model(ctx.inputs["sft"], cfg.model)
-    return evaluate_policy(
-        policy=policy,
-        sft=sft,
-        tokenizer=tok,
-        prompts=prompts,
-        temperatures=temperatures,
-        baselines=baselines,
-        generation=generation,
-        judge=make_judge(judge_cfg, judge_cache_dir(ctx)),
-        judged_text=partial(scored_text, cfg.data.task) if judge_cfg.backend == "reward" else (lambda p, c: c),
-        seed=cfg.seed,
-        compute_kl=compute_kl,
-        kl_fn=lambda prompts_, samples: sequence_kl(policy, sft, tok, prompts_, samples, batch_size=generation.batch_size),
-    )
+def paper_table1_applies(protocol: EvaluationConfig, baseline: str) -> bool:
+    """The paper's Table 1 is an LLM judge's win rate of summaries against the reference highlights:
+    only rows measured that way sit beside it."""
+    return protocol.judge.backend != "reward" and protocol.judge.template == "news" and baseline == "reference_text"
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    ecfg = ctx.cfg.evaluate
-    prompts = generation_prompts(ctx.cfg.data, "eval", ecfg.n_prompts)
-    tables = judge_and_tabulate(
-        ctx, prompts, temperatures=ecfg.temperatures, baselines=ecfg.baselines, generation=ecfg.generation,
-        judge_cfg=ecfg.judge, compute_kl=ecfg.compute_kl,
-    )  # fmt: skip
-    return write_tables(ctx, tables)
+    config: EvaluateSlice | OODSlice = ctx.config
+    protocol = config.protocol()
+    policy, tok = load_stage_model(ctx.inputs["dpo"], config.dtype)
+    sft, _ = load_stage_model(ctx.inputs["sft"], config.dtype)
+    judge = protocol.judge
+    tables = evaluate_policy(
+        policy=policy,
+        sft=sft,
+        tokenizer=tok,
+        prompts=config.prompts(),
+        temperatures=protocol.temperatures,
+        baselines=protocol.baselines,
+        generation=protocol.generation,
+        judge=make_judge(judge, ctx.out_dir.parent / ".judge-cache"),  # shared by all runs: never pay twice
+        judged_text=partial(scored_text, config.data.task) if judge.backend == "reward" else (lambda p, c: c),
+        seed=config.seed,
+        chat_template=config.chat_template,
+        compute_kl=protocol.compute_kl,
+        kl_fn=lambda prompts_, samples: sequence_kl(
+            policy, sft, tok, prompts_, samples, batch_size=protocol.generation.batch_size, chat_template=config.chat_template
+        ),
+    )
+    for row in tables.win_rates:
+        if paper_table1_applies(protocol, row["baseline"]):
+            for method, by_t in PAPER_TABLE1.items():
+                if row["temperature"] in by_t:
+                    row[f"paper_{method.lower()}"] = by_t[row["temperature"]]
+    metrics = tables.metrics()
+    write_eval_tables(ctx.out_dir, tables, metrics)
+    return metrics
 
 
-SPEC = StageSpec(
-    name="evaluate",
-    upstream=("sft", "dpo"),
-    version="1",
-    config_slice=config_slice,
-    run=run,
-    artifacts=EVAL_ARTIFACTS,
-    uses_gpu=True,
+EVALUATE = StageSpec(
+    name="evaluate", upstream=("sft", "dpo"), config=EvaluateSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
+)
+OOD = StageSpec(
+    name="ood", upstream=("sft", "dpo"), config=OODSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
 )

@@ -1,11 +1,12 @@
 """Entry point for a training stage under `accelerate launch` (one copy per process).
 
     accelerate launch --num_processes N [--config_file F] -m alignpipe.stages.launch \\
-        --stage dpo --config CONFIG_JSON --out DIR --inputs INPUTS_JSON [--resume DIR] \\
-        --metrics-log FILE --result FILE
+        --stage dpo --config SLICE_JSON --out DIR --inputs INPUTS_JSON [--resume DIR] \\
+        --metrics-log FILE --result FILE --say-log FILE
 
 Every process runs the stage; the training loop shards the data and syncs gradients, and only the
-main process writes outputs, streams step metrics to --metrics-log and the result to --result.
+main process writes outputs, streams step metrics to --metrics-log, console lines to --say-log and
+the result to --result.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import torch
 from alignpipe.stages import get_stage
 from alignpipe.stages.base import StageContext
 from alignpipe.stages.common import is_main_process
-from pipeline_config.schema import PipelineConfig
 
 
 class JsonlSink:
@@ -33,25 +33,37 @@ class JsonlSink:
             f.write(json.dumps({"step": step, "metrics": dict(metrics)}) + "\n")
 
 
+def _appender(path: Path):
+    def say(line: str) -> None:
+        if is_main_process():
+            with open(path, "a") as f:
+                f.write(line.replace("\n", " ") + "\n")
+
+    return say
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stage", required=True)
-    ap.add_argument("--config", required=True, help="PipelineConfig as JSON")
+    ap.add_argument("--config", required=True, help="the stage's config slice as JSON")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--inputs", required=True, help="JSON: upstream stage -> output directory")
     ap.add_argument("--resume", type=Path)
     ap.add_argument("--metrics-log", required=True, type=Path)
     ap.add_argument("--result", required=True, type=Path)
+    ap.add_argument("--say-log", required=True, type=Path)
     args = ap.parse_args(argv)
 
+    spec = get_stage(args.stage)
     ctx = StageContext(
-        cfg=PipelineConfig.model_validate_json(args.config),
+        config=spec.config.model_validate_json(args.config),
         out_dir=args.out,
         inputs={k: Path(v) for k, v in json.loads(args.inputs).items()},
         sink=JsonlSink(args.metrics_log),
         resume_dir=args.resume,
+        say=_appender(args.say_log),
     )
-    metrics = get_stage(args.stage).run(ctx)
+    metrics = spec.run(ctx)
     if is_main_process():
         args.result.write_text(json.dumps(metrics))
     if torch.distributed.is_initialized():

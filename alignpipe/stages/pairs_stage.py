@@ -3,27 +3,33 @@ from __future__ import annotations
 
 import json
 from itertools import combinations
-from pathlib import Path
+from typing import Annotated, Literal
 
 from alignpipe.data import generation_prompts, human_pairs
 from alignpipe.generate import generate
 from alignpipe.pairs import PairStats, pairs_from_scores
+from alignpipe.rewards import scored_text
+from alignpipe.stages.artifacts import write_jsonl, write_pairs
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import load_stage_model, write_jsonl
-from alignpipe.stages.tables import write_parquet
-
-SENTIMENT_TASKS = ("imdb",)  # the scorer reads the whole review (prompt + continuation)
-
-
-def config_slice(cfg) -> dict:
-    s = {"data": cfg.data.model_dump(), "pairs": cfg.pairs.model_dump(), "seed": cfg.seed}
-    if cfg.pairs.source == "sampled" and cfg.pairs.labeler == "judge":
-        s["judge"] = cfg.evaluate.judge.model_dump()
-    return s
+from alignpipe.stages.common import load_stage_model
+from pipeline_config.schema import DataConfig, PairsConfig
+from pipeline_config.slices import From, StageConfig
 
 
-def scored_text(task: str, prompt: str, completion: str) -> str:
-    return prompt + completion if task in SENTIMENT_TASKS else completion
+class PairsSlice(StageConfig):
+    data: Annotated[DataConfig, From("data")]
+    pairs: Annotated[PairsConfig, From("pairs")]
+    chat_template: Annotated[bool, From("model.chat_template")]
+    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]
+    seed: Annotated[int, From("seed")]
+
+
+def preflight(config: PairsSlice) -> None:
+    """The prompts (or human pairs) this stage will read, validated before any model loads."""
+    if config.pairs.source == "sampled":
+        generation_prompts(config.data, "train", config.data.prompt_size)
+    else:
+        human_pairs(config.data, config.data.prompt_size)
 
 
 def judge_scores(judge, prompts: list[str], completions: list[list[str]]) -> list[list[float]]:
@@ -43,15 +49,17 @@ def judge_scores(judge, prompts: list[str], completions: list[list[str]]) -> lis
 
 
 def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, dict[str, float]]:
-    cfg, pcfg = ctx.cfg, ctx.cfg.pairs
-    prompts = generation_prompts(cfg.data, "train", cfg.data.prompt_size)
-    model, tok = load_stage_model(ctx.inputs["sft"], cfg.model)
+    config: PairsSlice = ctx.config
+    pcfg = config.pairs
+    prompts = generation_prompts(config.data, "train", config.data.prompt_size)
+    model, tok = load_stage_model(ctx.inputs["sft"], config.dtype)
     k = pcfg.samples_per_prompt
     expanded = [p["prompt"] for p in prompts for _ in range(k)]
     gcfg = pcfg.generation
     gen = generate(
         model, tok, expanded, max_new_tokens=gcfg.max_new_tokens, temperature=gcfg.temperature,
-        top_p=gcfg.top_p, batch_size=gcfg.batch_size, seed=cfg.seed, desc="sampling pairs",
+        top_p=gcfg.top_p, batch_size=gcfg.batch_size, seed=config.seed, chat_template=config.chat_template,
+        desc="sampling pairs",
     )  # fmt: skip
     del model
     stats = PairStats()
@@ -60,12 +68,13 @@ def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, d
     if pcfg.labeler == "judge":
         from alignpipe.judge import make_judge
 
-        judge = make_judge(cfg.evaluate.judge, ctx.out_dir.parent / ".judge-cache")
+        judge = make_judge(pcfg.judge, ctx.out_dir.parent / ".judge-cache")
         per_prompt = judge_scores(judge, [p["prompt"] for p in prompts], grouped)
     else:
         from alignpipe.rewards import make_scorer
 
-        flat = make_scorer(pcfg.labeler, pcfg.labeler_model).score([scored_text(cfg.data.task, p, c) for p, c in zip(expanded, gen.texts)])
+        texts = [scored_text(config.data.task, p, c) for p, c in zip(expanded, gen.texts)]
+        flat = make_scorer(pcfg.labeler, pcfg.labeler_model).score(texts)
         per_prompt = [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
     for i, p in enumerate(prompts):
         comps, scores = grouped[i], per_prompt[i]
@@ -77,7 +86,8 @@ def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, d
 
 
 def run_human(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, dict[str, float]]:
-    records = human_pairs(ctx.cfg.data, ctx.cfg.data.prompt_size)
+    config: PairsSlice = ctx.config
+    records = human_pairs(config.data, config.data.prompt_size)
     stats = PairStats(prompts=len({r["prompt"] for r in records}), samples=2 * len(records))
     rows = []
     for i, r in enumerate(records):
@@ -90,13 +100,14 @@ def run_human(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, dic
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    source = ctx.cfg.pairs.source
+    config: PairsSlice = ctx.config
+    source = config.pairs.source
     rows, samples, stats, extra = (run_sampled if source == "sampled" else run_human)(ctx)
     if not rows:
-        raise ValueError(f"pairs: no preference pairs were produced ({stats.ties} ties); check pairs.min_margin and the labeler")
+        raise ValueError(f"pairs: no preference pairs were produced ({stats.ties} ties); check pairs.min_margin and pairs.labeler")
     for r in rows:
-        r["source"] = source if source == "human" else f"sampled/{ctx.cfg.pairs.labeler}"
-    write_parquet(ctx.out_dir / "pairs.parquet", rows)
+        r["source"] = source if source == "human" else f"sampled/{config.pairs.labeler}"
+    write_pairs(ctx.out_dir, rows)
     if samples:
         write_jsonl(ctx.out_dir / "samples.jsonl", samples)
     metrics = {**stats.as_metrics(), **extra}
@@ -104,18 +115,12 @@ def run(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def read_pairs(stage_dir: Path) -> list[dict]:
-    from alignpipe.stages.tables import read_parquet
-
-    return read_parquet(stage_dir / "pairs.parquet")
-
-
 SPEC = StageSpec(
     name="pairs",
     upstream=("sft",),
-    version="1",
-    config_slice=config_slice,
+    config=PairsSlice,
     run=run,
     artifacts=("stats.json", "samples.jsonl"),
     uses_gpu=True,
+    preflight=preflight,
 )

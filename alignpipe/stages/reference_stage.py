@@ -1,52 +1,45 @@
-"""Reference log-probs: the SFT model scores every pair once, without gradients, in large batches.
+"""Reference log-probs: the SFT model tokenizes and scores every pair once, without gradients.
 
-Stored beside the pairs so DPO training holds only the policy in memory.
+Stored with the pairs' token ids, so DPO trains on exactly these tokens and holds only the policy.
 """
 from __future__ import annotations
 
 import json
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import Annotated, Literal
 
 from alignpipe.dpo.scoring import tokenized_pair_logps
+from alignpipe.stages.artifacts import ReferencePairs, read_pairs, write_reference
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_stage_model
-from alignpipe.stages.pairs_stage import read_pairs
-from alignpipe.tokenization import TokenizedPair, tokenize_pairs
-
-LOGPS_FILE = "reference_logps.safetensors"
-
-
-def config_slice(cfg) -> dict:
-    d = cfg.dpo
-    return {
-        "max_length": d.max_length,
-        "max_prompt_length": d.max_prompt_length,
-        "batch_size": cfg.reference.batch_size,
-        "chat_template": cfg.model.chat_template,
-        "dtype": cfg.model.dtype,
-    }
+from alignpipe.tokenization import as_chat, tokenize_pairs
+from pipeline_config.schema import ReferenceConfig
+from pipeline_config.slices import From, StageConfig
 
 
-def as_chat(records: list[dict], chat: bool) -> list[dict]:
-    """With model.chat_template the prompt becomes a user turn, rendered by the tokenizer's template."""
-    if not chat:
-        return records
-    return [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in records]
-
-
-def tokenized_pairs(ctx: StageContext, tokenizer) -> tuple[list[TokenizedPair], object]:
-    d = ctx.cfg.dpo
-    records = as_chat(read_pairs(ctx.inputs["pairs"]), ctx.cfg.model.chat_template)
-    return tokenize_pairs(tokenizer, records, max_length=d.max_length, max_prompt_length=d.max_prompt_length)
+class ReferenceSlice(StageConfig):
+    reference: Annotated[ReferenceConfig, From("reference")]
+    # The pairs are tokenized here, once, for DPO: with DPO's lengths and its attention layout.
+    max_length: Annotated[int, From("dpo.max_length")]
+    max_prompt_length: Annotated[int, From("dpo.max_prompt_length")]
+    prefix_sharing: Annotated[Literal["auto", "on", "off"], From("dpo.prefix_sharing")]
+    chat_template: Annotated[bool, From("model.chat_template")]
+    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    model, tok = load_stage_model(ctx.inputs["sft"], ctx.cfg.model)
-    pairs, stats = tokenized_pairs(ctx, tok)
-    chosen, rejected = tokenized_pair_logps(model, pairs, tok.pad_token_id, batch_size=ctx.cfg.reference.batch_size, desc="reference log-probs")
-    save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(ctx.out_dir / LOGPS_FILE))
+    config: ReferenceSlice = ctx.config
+    model, tok = load_stage_model(ctx.inputs["sft"], config.dtype)
+    records = [{**r, "prompt": as_chat(r["prompt"], config.chat_template)} for r in read_pairs(ctx.inputs["pairs"])]
+    pairs, stats = tokenize_pairs(tok, records, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    if not pairs:
+        raise ValueError(f"reference: all {len(records)} pairs were dropped by truncation to dpo.max_length {config.max_length}")
+    chosen, rejected = tokenized_pair_logps(
+        model, pairs, tok.pad_token_id, batch_size=config.reference.batch_size, prefix_sharing=config.prefix_sharing,
+        desc="reference log-probs",
+    )  # fmt: skip
+    dropped = set(stats.dropped_indices)
+    kept = [i for i in range(len(records)) if i not in dropped]
+    write_reference(ctx.out_dir, ReferencePairs(pairs, chosen, rejected, kept))
     metrics = {
         "pairs": float(len(pairs)),
         "chosen_logp_mean": float(chosen.mean()),
@@ -57,16 +50,10 @@ def run(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-def load_reference(stage_dir) -> tuple[torch.Tensor, torch.Tensor]:
-    t = load_file(str(stage_dir / LOGPS_FILE))
-    return t["chosen"], t["rejected"]
-
-
 SPEC = StageSpec(
     name="reference",
     upstream=("sft", "pairs"),
-    version="1",
-    config_slice=config_slice,
+    config=ReferenceSlice,
     run=run,
     artifacts=("stats.json",),
     uses_gpu=True,

@@ -1,61 +1,64 @@
-"""The report: plots and a Markdown summary built from every upstream stage's outputs."""
+"""The report: plots and a Markdown summary built from every upstream stage's outputs.
+
+What each output was computed from comes from its manifest (the config slice its key covers), not
+from this stage's config: the report describes the outputs it was built from, exactly.
+"""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Annotated
 
-from alignpipe.report import ReportInputs, RunInfo, read_history, write_report
+from alignpipe.report import ReportInputs, RunInfo, write_report
+from alignpipe.stages.artifacts import read_eval_tables, read_history, read_manifest
 from alignpipe.stages.base import StageContext, StageSpec
+from pipeline_config.slices import From, StageConfig
 
 UPSTREAM = ("sft", "pairs", "reference", "dpo", "evaluate", "ood")
 
 
-def config_slice(cfg) -> dict:
-    return {"preset": cfg.preset, "model": cfg.model.name_or_path}
+class ReportSlice(StageConfig):
+    preset: Annotated[str, From("preset")]
 
 
-def _json(path: Path, default):
-    return json.loads(path.read_text()) if path.exists() else default
-
-
-def _judge_name(jcfg) -> str:
-    if jcfg.backend == "reward":
-        return f"reward:{jcfg.reward_model or jcfg.reward}"
-    if jcfg.backend == "local":
-        return f"local:{jcfg.local_model}"
-    return f"openai:{jcfg.model}"
+def judge_name(judge: dict) -> str:
+    if judge["backend"] == "reward":
+        return f"reward:{judge.get('reward_model') or judge['reward']}"
+    if judge["backend"] == "local":
+        return f"local:{judge['local_model']}"
+    return f"openai:{judge['model']}"
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    cfg = ctx.cfg
-    stages = []
-    for name in UPSTREAM:
-        manifest = _json(ctx.inputs[name] / "manifest.json", {})
-        stages.append({"name": name, "key": manifest.get("key", ctx.inputs[name].name), "built": manifest.get("created"), "seconds": manifest.get("seconds")})
-    d = cfg.dpo
+    config: ReportSlice = ctx.config
+    manifests = {name: read_manifest(ctx.inputs[name]) or {} for name in UPSTREAM}
+    stages = [{"name": n, "key": m.get("key", ctx.inputs[n].name), "built": m.get("created"), "seconds": m.get("seconds")}
+              for n, m in manifests.items()]  # fmt: skip
+    sft_cfg, pairs_cfg = manifests["sft"]["config"], manifests["pairs"]["config"]
+    d = manifests["dpo"]["config"]["dpo"]
+    model = sft_cfg["model"]
     run_info = RunInfo(
-        preset=cfg.preset,
-        model=cfg.model.name_or_path if not cfg.model.gguf_file else f"{cfg.model.name_or_path}/{cfg.model.gguf_file}",
+        preset=config.preset,
+        model=model["name_or_path"] if not model["gguf_file"] else f"{model['name_or_path']}/{model['gguf_file']}",
         hyperparameters={
-            "loss_type": d.loss_type, "beta": d.beta, "lr": d.lr, "optimizer": d.optimizer, "batch_size": d.batch_size,
-            "warmup_steps": d.warmup_steps, "lora": d.lora.r if d.lora else "full", "sft_weight": d.sft_weight,
-            "pairs": f"{cfg.pairs.source}/{cfg.pairs.labeler}", "task": cfg.data.task,
+            "loss_type": d["loss_type"], "beta": d["beta"], "lr": d["lr"], "optimizer": d["optimizer"], "batch_size": d["batch_size"],
+            "warmup_steps": d["warmup_steps"], "lora": d["lora"]["r"] if d["lora"] else "full", "sft_weight": d["sft_weight"],
+            "pairs": f"{pairs_cfg['pairs']['source']}/{pairs_cfg['pairs']['labeler']}", "task": sft_cfg["data"]["task"],
         },  # fmt: skip
         stages=stages,
-        judge=_judge_name(cfg.evaluate.judge),
+        judge=judge_name(manifests["evaluate"]["config"]["evaluate"]["judge"]),
         total_seconds=sum(s["seconds"] or 0.0 for s in stages),
     )
-    ood_rewards = {r["temperature"]: r["mean_reward"] for r in _json(ctx.inputs["ood"] / "reward_kl.json", []) if r["policy"] == "dpo"}
+    evaluate, ood = read_eval_tables(ctx.inputs["evaluate"]), read_eval_tables(ctx.inputs["ood"])
+    ood_rewards = {r["temperature"]: r["mean_reward"] for r in ood["reward_kl"] if r["policy"] == "dpo"}
     ood_rows = [
         {k: r[k] for k in ("temperature", "baseline", "win_rate", "stderr", "n_valid")} | {"mean_reward": ood_rewards.get(r["temperature"])}
-        for r in _json(ctx.inputs["ood"] / "win_rates.json", [])
+        for r in ood["win_rates"]
     ]
     inputs = ReportInputs(
         run=run_info,
-        sft_history=read_history(ctx.inputs["sft"] / "history.jsonl"),
-        dpo_history=read_history(ctx.inputs["dpo"] / "history.jsonl"),
-        win_rates=_json(ctx.inputs["evaluate"] / "win_rates.json", []),
-        reward_kl=_json(ctx.inputs["evaluate"] / "reward_kl.json", []),
+        sft_history=read_history(ctx.inputs["sft"]),
+        dpo_history=read_history(ctx.inputs["dpo"]),
+        win_rates=evaluate["win_rates"],
+        reward_kl=evaluate["reward_kl"],
         ood=ood_rows,
     )
     files = write_report(ctx.out_dir, inputs)
@@ -65,8 +68,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 SPEC = StageSpec(
     name="report",
     upstream=UPSTREAM,
-    version="1",
-    config_slice=config_slice,
+    config=ReportSlice,
     run=run,
     artifacts=("report.md", "win_rate_vs_temperature.png", "reward_vs_kl.png", "training_dpo.png", "training_sft.png", "ood_vs_paper.png"),
 )

@@ -2,29 +2,41 @@
 from __future__ import annotations
 
 import random
+from typing import Annotated
 
 import torch
 
-from alignpipe.data import sft_examples
+from alignpipe.data import describe_source, sft_examples
 from alignpipe.models import default_device, load_base_model
 from alignpipe.sft import SFTObjective, evaluate_nll
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, publish_training
-from alignpipe.tokenization import tokenize_examples
+from alignpipe.tokenization import as_chat, tokenize_examples
 from alignpipe.train.loop import train
+from pipeline_config.schema import DataConfig, ModelConfig, SFTConfig
+from pipeline_config.slices import From, StageConfig
 
 
-def config_slice(cfg) -> dict:
-    return {"model": cfg.model.model_dump(), "data": cfg.data.model_dump(), "sft": cfg.sft.model_dump()}
+class SFTSlice(StageConfig):
+    model: Annotated[ModelConfig, From("model")]
+    data: Annotated[DataConfig, From("data")]
+    sft: Annotated[SFTConfig, From("sft")]
+
+
+def preflight(config: SFTSlice) -> None:
+    """Read and validate the SFT data before any model loads: a bad file fails in one line."""
+    records = sft_examples(config.data, config.data.sft_size)
+    n_train = len(records) - int(len(records) * config.sft.eval_fraction)
+    if n_train < config.sft.batch_size:
+        raise ValueError(f"{describe_source(config.data)}: {n_train} SFT training examples are fewer than sft.batch_size {config.sft.batch_size}")
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    cfg, scfg = ctx.cfg, ctx.cfg.sft
-    model, tok = load_base_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.offline_fallback)
+    config: SFTSlice = ctx.config
+    mcfg, scfg = config.model, config.sft
+    model, tok = load_base_model(mcfg.name_or_path, mcfg.gguf_file, mcfg.offline_fallback)
     model = model.to(default_device())
-    records = sft_examples(cfg.data, cfg.data.sft_size)
-    if cfg.model.chat_template:
-        records = [{"prompt": [{"role": "user", "content": r["prompt"]}], "completion": r["completion"]} if r["prompt"] else r for r in records]
+    records = [{**r, "prompt": as_chat(r["prompt"], mcfg.chat_template)} for r in sft_examples(config.data, config.data.sft_size)]
     random.Random(scfg.seed).shuffle(records)
     n_eval = int(len(records) * scfg.eval_fraction)
     examples, stats = tokenize_examples(tok, records[n_eval:], max_length=scfg.max_length, max_prompt_length=scfg.max_prompt_length)
@@ -41,6 +53,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         checkpoint_dir=ctx.resume_dir,
         callbacks=[HistoryLogger(ctx.sink, "sft")],
         desc="SFT",
+        say=lambda line: ctx.say(f"sft: {line}"),
     )
     after = evaluate_nll(model, eval_examples, tok.pad_token_id)
     metrics = {
@@ -59,9 +72,9 @@ def run(ctx: StageContext) -> dict[str, float]:
 SPEC = StageSpec(
     name="sft",
     upstream=(),
-    version="2",  # 2: the saved config no longer carries the GGUF quantization_config
-    config_slice=config_slice,
+    config=SFTSlice,
     run=run,
     artifacts=("history.jsonl", "metrics.json"),
     uses_gpu=True,
+    preflight=preflight,
 )

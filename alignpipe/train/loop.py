@@ -103,6 +103,7 @@ def train(
     checkpoint_dir: Optional[Path] = None,
     callbacks: Sequence[StepCallback] = (),
     desc: str = "training",
+    say: Callable[[str], None] = lambda line: None,
 ) -> TrainResult:
     accelerator = make_accelerator()
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
@@ -125,6 +126,8 @@ def train(
         extra = load_checkpoint(ckpt, lm, raw_optimizer, scheduler, rank)
         start_step, result.history, result.resumed_from = extra["step"], extra["history"], extra["step"]
         log.info("resumed from %s (step %d of %d)", ckpt, start_step, total_steps)
+        if rank == 0:
+            say(f"resumed from step {start_step} of {total_steps}")
 
     started = time.perf_counter()
     peak_mb = 0.0

@@ -1,0 +1,308 @@
+"""The one entry every way of running goes through: `run_pipeline(cfg, targets, rerun, ...)`.
+
+    plan (alignpipe.plan)  ->  for each stage, via a dispatcher:  tracking run around
+                               run_stage (reuse the store's output for its key, or compute it)
+
+`alignpipe run`, `alignpipe stage`, the Prefect flow and every deployment call it. What differs is
+plugged in at this seam, not wrapped around it: the tracker (MLflow parent and nested runs, or
+none) and the dispatcher (stages in order in this process, or Prefect tasks with futures that run
+independent stages concurrently and send mapped stages to work pools). Pure Python: no Prefect or
+MLflow import here.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
+
+from rich.console import Console
+from rich.text import Text
+
+from alignpipe.cache import StageStore, library_versions, version_drift
+from alignpipe.launcher import AccelerateLauncher
+from alignpipe.plan import Plan, PipelineError, PlannedStage, StageCatalog, plan_pipeline
+from alignpipe.stages.base import MetricsSink, NullSink, StageContext
+from pipeline_config.schema import PipelineConfig
+
+REPORT_STAGE = "report"  # whose first artifact is "the report" pointed to at the end of a run
+
+
+class StageFailed(RuntimeError):
+    """A stage raised. Its output was not published; the cause is chained.
+
+    Built from strings only, so it pickles (Prefect may serialize a failed task's exception).
+    """
+
+    def __init__(self, stage: str, detail: str):
+        super().__init__(stage, detail)
+        self.stage = stage
+        self.detail = detail
+
+    @classmethod
+    def from_error(cls, stage: str, error: BaseException) -> "StageFailed":
+        if isinstance(error, StageFailed):
+            return error
+        return cls(stage, f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+    def __str__(self) -> str:
+        return f"stage '{self.stage}' failed: {self.detail}"
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    name: str
+    key: str
+    out_dir: Path
+    cached: bool  # reused from the store: nothing was computed this time
+    seconds: float  # wall time this run (lookup time when cached)
+    metrics: dict[str, float]  # the stage's headline metrics (from the manifest when cached)
+    host: str = ""  # where the output was computed (from its manifest)
+    pid: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "key": self.key, "out_dir": str(self.out_dir), "cached": self.cached,
+            "seconds": round(self.seconds, 3), "metrics": dict(self.metrics), "host": self.host, "pid": self.pid,
+        }  # fmt: skip
+
+
+@dataclass
+class PipelineResult:
+    plan: Plan
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def executed(self) -> list[str]:
+        return [o.name for o in self.outcomes if not o.cached]
+
+    @property
+    def reused(self) -> list[str]:
+        return [o.name for o in self.outcomes if o.cached]
+
+    def outcome(self, name: str) -> StageOutcome:
+        for o in self.outcomes:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def artifacts(self, name: str) -> list[str]:
+        """Paths of the stage's declared artifacts that exist."""
+        outcome = self.outcome(name)
+        return [str(outcome.out_dir / rel) for rel in self.plan[name].spec.artifacts if (outcome.out_dir / rel).exists()]
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able account of the run: what ran, what was reused, metrics, where outputs are."""
+        stages = [{**o.to_dict(), "artifacts": self.artifacts(o.name)} for o in self.outcomes]
+        report = None
+        if REPORT_STAGE in [o.name for o in self.outcomes]:
+            found = self.artifacts(REPORT_STAGE)
+            report = found[0] if found else str(self.outcome(REPORT_STAGE).out_dir)
+        return {
+            "seconds": round(self.seconds, 3),
+            "executed": self.executed,
+            "reused": self.reused,
+            "stages": stages,
+            "report": report,
+            "run_dir": str(self.plan.store.root.parent),
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# One stage: reuse or compute
+# ----------------------------------------------------------------------------------------
+def upstream_dirs(planned: PlannedStage, store: StageStore) -> dict[str, Path]:
+    inputs = {}
+    for up, key in planned.upstream_keys.items():
+        if store.lookup(up, key) is None:
+            raise PipelineError(f"stage '{planned.name}' needs the output of '{up}' ({key[:16]}), which is not in the store")
+        inputs[up] = store.output_dir(up, key)
+    return inputs
+
+
+def run_stage(
+    planned: PlannedStage,
+    store: StageStore,
+    *,
+    sink: Optional[MetricsSink] = None,
+    launcher: Optional[AccelerateLauncher] = None,
+    say: Callable[[str], None] = print,
+) -> StageOutcome:
+    """Reuse the stage's output if its key is in the store (unless forced), else compute it."""
+    spec = planned.spec
+    sink = sink or NullSink()
+    inputs = upstream_dirs(planned, store)
+
+    def compute(out_dir: Path, resume_dir: Path) -> Mapping[str, Any]:
+        ctx = StageContext(planned.config, out_dir, inputs, sink, resume_dir, say)
+        if launcher is not None and launcher.handles(spec):
+            return launcher.run(spec, ctx)
+        return spec.run(ctx)
+
+    started = time.perf_counter()
+    try:
+        built = store.build(
+            spec.name, planned.key, code=planned.code, config=planned.config_json(), inputs=planned.inputs,
+            upstream=planned.upstream_keys, compute=compute, force=planned.forced, code_modules=planned.code_modules,
+        )  # fmt: skip
+    except Exception as e:
+        failure = StageFailed.from_error(spec.name, e)
+        log_file = store.failure_log(spec.name, planned.key)
+        log_file.write_text(traceback.format_exc())
+        failure.detail += f" (traceback: {log_file})"
+        raise failure from e
+    if built.cached:
+        drift = version_drift(built.manifest.libraries, library_versions())
+        if drift:
+            say(f"{spec.name}: reusing an output built with other library versions ({', '.join(drift)})")
+    return StageOutcome(
+        name=spec.name,
+        key=planned.key,
+        out_dir=built.out_dir,
+        cached=built.cached,
+        seconds=time.perf_counter() - started,
+        metrics=dict(built.manifest.metrics),
+        host=built.manifest.host,
+        pid=built.manifest.pid,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The seam: trackers, dispatchers, progress
+# ----------------------------------------------------------------------------------------
+class StageRecord(Protocol):
+    sink: MetricsSink
+
+    def record(self, outcome: StageOutcome) -> None: ...
+
+
+class Tracker(Protocol):
+    """Where runs are recorded (alignpipe.tracking.PipelineTracker for MLflow)."""
+
+    def pipeline(self, plan: Plan): ...  # context manager around the whole run
+
+    def stage(self, planned: PlannedStage): ...  # context manager yielding a StageRecord
+
+    def record_pipeline(self, result: PipelineResult) -> None: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+class _NullStageRecord:
+    sink = NullSink()
+
+    def record(self, outcome: StageOutcome) -> None:
+        pass
+
+
+class NullTracker:
+    """No tracking: `alignpipe stage --no-track`, or a box without MLflow."""
+
+    def pipeline(self, plan: Plan):
+        return nullcontext()
+
+    @contextmanager
+    def stage(self, planned: PlannedStage) -> Iterator[_NullStageRecord]:
+        yield _NullStageRecord()
+
+    def record_pipeline(self, result: PipelineResult) -> None:
+        pass
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+
+Execute = Callable[[PlannedStage], StageOutcome]
+
+
+class Dispatcher(Protocol):
+    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
+        """Execute every planned stage once its upstream is done; outcomes in plan order."""
+
+
+class InOrder:
+    """Stages one after another in this process, in plan order."""
+
+    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
+        return [execute(p) for p in plan]
+
+
+def _fmt_metrics(metrics: Mapping[str, float], limit: int = 4) -> str:
+    items = list(metrics.items())
+    text = "  ".join(f"{k}={v:.4g}" for k, v in items[:limit])
+    return text + (f"  (+{len(items) - limit})" if len(items) > limit else "")
+
+
+class ConsoleReporter:
+    """One line when each stage starts and ends, so a long pipeline always shows where it is."""
+
+    def __init__(self, console: Optional[Console] = None, total: int = 0):
+        self.console = console or Console(stderr=True)
+        self.total = total
+        self._started = 0
+
+    def say(self, line: str) -> None:
+        self.console.print(Text(f"  {line}"), highlight=False)
+
+    def started(self, planned: PlannedStage) -> None:
+        self._started += 1
+        what = "rerun (forced)" if planned.forced else ("cached" if planned.cached else "running")
+        self.console.print(f"[bold][{self._started}/{self.total}][/bold] {planned.name} [dim]{planned.key[:12]}[/dim] {what}")
+
+    def finished(self, outcome: StageOutcome) -> None:
+        if outcome.cached:
+            self.console.print(f"  [cyan]reused[/cyan] {outcome.name}  {_fmt_metrics(outcome.metrics)}")
+        else:
+            self.console.print(f"  [green]done[/green] {outcome.name} in {outcome.seconds:.1f}s  {_fmt_metrics(outcome.metrics)}")
+
+    def failed(self, planned: PlannedStage, error: BaseException) -> None:
+        detail = str(error) or type(error).__name__  # KeyboardInterrupt has no message
+        self.console.print(Text.assemble("  ", ("failed", "red"), f" {planned.name}: {detail}"), highlight=False)
+
+
+def launcher_for(cfg: PipelineConfig) -> Optional[AccelerateLauncher]:
+    try:
+        return AccelerateLauncher.from_settings(cfg.orchestration.num_processes, cfg.orchestration.accelerate_config)
+    except ValueError as e:
+        raise PipelineError(str(e)) from None
+
+
+def run_pipeline(
+    cfg: PipelineConfig,
+    targets: Optional[Sequence[str]] = None,
+    rerun: Sequence[str] = (),
+    *,
+    plan: Optional[Plan] = None,
+    tracker: Optional[Tracker] = None,
+    dispatcher: Optional[Dispatcher] = None,
+    reporter: Optional[ConsoleReporter] = None,
+    catalog: Optional[StageCatalog] = None,
+) -> PipelineResult:
+    """Plan (unless given a plan), then run or reuse every planned stage inside its tracking run."""
+    launcher = launcher_for(cfg)
+    plan = plan or plan_pipeline(cfg, targets, rerun, catalog=catalog)
+    tracker = tracker or NullTracker()
+    dispatcher = dispatcher or InOrder()
+    reporter = reporter or ConsoleReporter(total=len(plan.stages))
+
+    def execute(planned: PlannedStage) -> StageOutcome:
+        reporter.started(planned)
+        try:
+            with tracker.stage(planned) as run:
+                outcome = run_stage(planned, plan.store, sink=run.sink, launcher=launcher, say=reporter.say)
+                run.record(outcome)
+        except BaseException as e:
+            reporter.failed(planned, e)
+            raise
+        reporter.finished(outcome)
+        return outcome
+
+    started = time.perf_counter()
+    with tracker.pipeline(plan):
+        outcomes = dispatcher.run(plan, execute)
+        result = PipelineResult(plan, outcomes, time.perf_counter() - started)
+        tracker.record_pipeline(result)
+    return result

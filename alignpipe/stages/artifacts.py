@@ -1,0 +1,135 @@
+"""The on-disk formats stages hand each other, in one place: stages never import each other.
+
+    pairs/      pairs.parquet          {prompt, chosen, rejected, ...provenance}   written by pairs
+    reference/  reference.safetensors  token ids of every kept pair + reference log-probs
+    sft/, dpo/  model/                 a from_pretrained directory (see stages.common)
+                history.jsonl          one line per optimizer step
+    evaluate/,  samples.jsonl, verdicts.parquet, win_rates.json, reward_kl.json, metrics.json
+    ood/
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import torch
+
+from alignpipe.tokenization import TokenizedPair
+
+PAIRS_FILE = "pairs.parquet"
+REFERENCE_FILE = "reference.safetensors"
+HISTORY_FILE = "history.jsonl"
+EVAL_FILES = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json")
+
+
+# -- tables ----------------------------------------------------------------------------------
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+# -- pairs -----------------------------------------------------------------------------------
+def write_pairs(out_dir: Path, rows: list[dict]) -> Path:
+    return write_parquet(out_dir / PAIRS_FILE, rows)
+
+
+def read_pairs(stage_dir: Path) -> list[dict]:
+    return read_parquet(stage_dir / PAIRS_FILE)
+
+
+# -- reference: tokenized pairs and their reference log-probs --------------------------------
+@dataclass
+class ReferencePairs:
+    """The pairs exactly as DPO trains on them (token ids) and the reference model's log-probs."""
+
+    pairs: list[TokenizedPair]
+    chosen_logps: torch.Tensor  # [n] float32
+    rejected_logps: torch.Tensor  # [n] float32
+    source_index: list[int]  # row of pairs.parquet each pair came from (truncation drops some)
+
+
+def _flat(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    ids = torch.tensor([t for s in seqs for t in s], dtype=torch.int64)
+    return ids, lengths
+
+
+def _split(ids: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    return [chunk.tolist() for chunk in torch.split(ids, lengths.tolist())]
+
+
+def write_reference(out_dir: Path, ref: ReferencePairs) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {"chosen_logps": ref.chosen_logps.float().contiguous(), "rejected_logps": ref.rejected_logps.float().contiguous(),
+               "source_index": torch.tensor(ref.source_index, dtype=torch.int64)}  # fmt: skip
+    for part in ("prompt", "chosen", "rejected"):
+        tensors[f"{part}_ids"], tensors[f"{part}_lengths"] = _flat([getattr(p, part) for p in ref.pairs])
+    path = out_dir / REFERENCE_FILE
+    save_file(tensors, str(path))
+    return path
+
+
+def read_reference(stage_dir: Path) -> ReferencePairs:
+    from safetensors.torch import load_file
+
+    t = load_file(str(stage_dir / REFERENCE_FILE))
+    parts = {part: _split(t[f"{part}_ids"], t[f"{part}_lengths"]) for part in ("prompt", "chosen", "rejected")}
+    pairs = [TokenizedPair(p, c, r) for p, c, r in zip(parts["prompt"], parts["chosen"], parts["rejected"])]
+    return ReferencePairs(pairs, t["chosen_logps"], t["rejected_logps"], t["source_index"].tolist())
+
+
+# -- training history and evaluation tables --------------------------------------------------
+def read_history(stage_dir: Path) -> list[dict[str, Any]]:
+    path = stage_dir / HISTORY_FILE
+    return read_jsonl(path) if path.exists() else []
+
+
+def write_eval_tables(out_dir: Path, tables, metrics: dict[str, float]) -> None:
+    """An evaluation's samples, verdicts and win-rate / reward tables (alignpipe.evaluation.EvalTables)."""
+    write_jsonl(out_dir / "samples.jsonl", tables.samples)
+    if tables.verdicts:
+        write_parquet(out_dir / "verdicts.parquet", tables.verdicts)
+    (out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
+    (out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def read_eval_tables(stage_dir: Path) -> dict[str, Any]:
+    return {
+        "win_rates": read_json(stage_dir / "win_rates.json", []),
+        "reward_kl": read_json(stage_dir / "reward_kl.json", []),
+        "metrics": read_json(stage_dir / "metrics.json", {}),
+    }
+
+
+def read_manifest(stage_dir: Path) -> Optional[dict[str, Any]]:
+    """The store's manifest of an upstream output (what it was computed from, when, how long)."""
+    return read_json(stage_dir / "manifest.json")
