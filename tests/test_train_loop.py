@@ -57,12 +57,18 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tiny_model_dir, smol_tokenize
 
 
 def test_resume_restores_dropout_rng(tiny_model_dir, smol_tokenizer, tmp_path):
-    from transformers import AutoModelForCausalLM
+    """Training turns model dropout off, but LoRA's dropout stays as configured: its masks come from
+    the RNG, so a resumed run only matches an uninterrupted one if the RNG state is restored."""
+    from alignpipe.stages.common import apply_lora
+    from pipeline_config.schema import LoraConfig
+
+    lora = LoraConfig(r=4, dropout=0.3, target_modules=["q_proj", "v_proj"])
 
     def load():
-        return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attention_dropout=0.3, attn_implementation="eager")
+        torch.manual_seed(0)  # the same LoRA init in every run
+        return apply_lora(load_causal_lm(tiny_model_dir), lora)
 
-    cfg = dpo_config(epochs=1, checkpoint_every=2)
+    cfg = dpo_config(epochs=1, checkpoint_every=2, lr=5e-3, lora=lora.model_dump())
     a = load()
     items = preference_items(a, smol_tokenizer)
     train(a, items, objective(a, smol_tokenizer, cfg), cfg)

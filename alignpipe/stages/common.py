@@ -28,7 +28,8 @@ def load_stage_model(stage_dir: Path, model_cfg: ModelConfig, device: Optional[t
 
 
 def load_trainable(stage_dir: Path, device: Optional[torch.device] = None):
-    """Training keeps fp32 master weights; the loop's autocast runs bf16 compute on GPU."""
+    """fp32 weights, as training keeps them (the loop's autocast runs bf16 compute on GPU); also
+    what the reference log-probs are computed from, so that they match the policy at step 0."""
     device = device or default_device()
     path = stage_dir / MODEL_SUBDIR
     return load_causal_lm(path, dtype=torch.float32).to(device), load_tokenizer(path)

@@ -16,6 +16,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from alignpipe.models import bind_process_device
 from alignpipe.stages import get_stage
 from alignpipe.stages.base import StageContext
 from alignpipe.stages.common import is_main_process
@@ -43,6 +44,7 @@ def main(argv=None) -> None:
     ap.add_argument("--metrics-log", required=True, type=Path)
     ap.add_argument("--result", required=True, type=Path)
     args = ap.parse_args(argv)
+    bind_process_device()  # cuda:LOCAL_RANK before the stage loads anything (not every rank on GPU 0)
 
     ctx = StageContext(
         cfg=PipelineConfig.model_validate_json(args.config),

@@ -9,11 +9,11 @@ import json
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignpipe.dpo.scoring import tokenized_pair_logps
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import load_stage_model
+from alignpipe.stages.common import load_trainable
 from alignpipe.stages.pairs_stage import read_pairs
 from alignpipe.tokenization import TokenizedPair, tokenize_pairs
+from alignpipe.train.precision import reference_pair_logps
 
 LOGPS_FILE = "reference_logps.safetensors"
 
@@ -25,7 +25,6 @@ def config_slice(cfg) -> dict:
         "max_prompt_length": d.max_prompt_length,
         "batch_size": cfg.reference.batch_size,
         "chat_template": cfg.model.chat_template,
-        "dtype": cfg.model.dtype,
     }
 
 
@@ -43,9 +42,9 @@ def tokenized_pairs(ctx: StageContext, tokenizer) -> tuple[list[TokenizedPair], 
 
 
 def run(ctx: StageContext) -> dict[str, float]:
-    model, tok = load_stage_model(ctx.inputs["sft"], ctx.cfg.model)
+    model, tok = load_trainable(ctx.inputs["sft"])
     pairs, stats = tokenized_pairs(ctx, tok)
-    chosen, rejected = tokenized_pair_logps(model, pairs, tok.pad_token_id, batch_size=ctx.cfg.reference.batch_size, desc="reference log-probs")
+    chosen, rejected = reference_pair_logps(model, pairs, tok.pad_token_id, batch_size=ctx.cfg.reference.batch_size, desc="reference log-probs")
     save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, str(ctx.out_dir / LOGPS_FILE))
     metrics = {
         "pairs": float(len(pairs)),
@@ -65,7 +64,7 @@ def load_reference(stage_dir) -> tuple[torch.Tensor, torch.Tensor]:
 SPEC = StageSpec(
     name="reference",
     upstream=("sft", "pairs"),
-    version="1",
+    version="2",  # 2: fp32 weights under the training autocast (was model.dtype), as the policy at step 0
     config_slice=config_slice,
     run=run,
     artifacts=("stats.json",),
