@@ -38,9 +38,8 @@ def compose() -> dict:
 def test_infra_has_the_expected_structured_files():
     names = {p.relative_to(INFRA).as_posix() for p in structured_files()}
     assert names >= {
-        "docker-compose.yml", "k8s/gpu-job-template.json", "accelerate/ds_zero3.json",
-        "accelerate/single_gpu.yaml", "accelerate/multi_gpu_ddp.yaml", "accelerate/fsdp.yaml",
-        "accelerate/deepspeed_zero3.yaml", "accelerate/cpu_2proc.yaml",
+        "docker-compose.yml", "k8s/gpu-job-template.json",
+        "accelerate/single_gpu.yaml", "accelerate/multi_gpu_ddp.yaml", "accelerate/fsdp.yaml", "accelerate/cpu_2proc.yaml",
     }
 
 
@@ -119,7 +118,6 @@ ACCELERATE_CONFIGS = {
     "single_gpu": (None, 1, "bf16"),
     "multi_gpu_ddp": ("multi_gpu", 8, "bf16"),
     "fsdp": ("use_fsdp", 8, "bf16"),
-    "deepspeed_zero3": ("use_deepspeed", 8, "no"),  # precision lives in ds_zero3.json
     "cpu_2proc": ("multi_gpu", 2, "no"),  # torchrun-style launcher; processes fall back to gloo
 }
 
@@ -146,13 +144,14 @@ def test_accelerate_launch_accepts_the_config(name):
 
     mode, num_processes, precision = ACCELERATE_CONFIGS[name]
     args, defaults, _ = launch_args(name)
-    flags = {f: getattr(args, f) for f in ("multi_gpu", "use_fsdp", "use_deepspeed")}
+    flags = {f: getattr(args, f) for f in ("multi_gpu", "use_fsdp")}
+    assert not args.use_deepspeed
     assert flags == {f: f == mode for f in flags}
     assert args.num_processes == num_processes
     assert args.mixed_precision == precision
     # Nested settings become `accelerate launch` options; a misspelt one would be silently dropped.
     options = {a.dest for a in launch_command_parser()._actions}
-    for key in [*defaults.fsdp_config, *defaults.deepspeed_config]:
+    for key in defaults.fsdp_config:
         assert key in options, f"{name}: {key} is not an accelerate launch option"
 
 
@@ -178,25 +177,11 @@ def test_fsdp_config_shards_llama_decoder_layers_in_bf16():
     assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
 
 
-def test_deepspeed_config_is_zero3_in_bf16_through_accelerates_plugin(monkeypatch):
-    from accelerate.utils import DeepSpeedPlugin
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env
-
-    args, defaults, mp_from_config = launch_args("deepspeed_zero3")
-    # As accelerate's launch_command does: tell the plugin which fields came from the YAML, so
-    # it can refuse ones that the DeepSpeed JSON must own.
-    args.deepspeed_fields_from_accelerate_config = ",".join(
-        [*defaults.deepspeed_config, *(["mixed_precision"] if mp_from_config else [])]
-    )
-    _, env = prepare_deepspeed_cmd_env(args)
-    monkeypatch.chdir(REPO)  # the JSON path is relative to the launch directory, as in a pipeline run
-    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}):
-        plugin = DeepSpeedPlugin()
-    assert plugin.zero_stage == 3 and plugin.hf_ds_config.is_zero3()
-    assert plugin.zero3_init_flag is True
-    assert plugin.deepspeed_config["bf16"] == {"enabled": True}
-    assert plugin.gradient_clipping == 10.0
-    assert (REPO / defaults.deepspeed_config["deepspeed_config_file"]).exists()
+def test_no_deepspeed_config_is_shipped():
+    """DeepSpeed is not supported (docs/scaling.md says why), so no config may offer it."""
+    for path in ACCELERATE.glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["distributed_type"] != "DEEPSPEED", path
+    assert not list(ACCELERATE.glob("*.json"))
 
 
 @pytest.mark.slow
