@@ -7,6 +7,7 @@ This is what makes a 49k-vocabulary model cheap to train on short completions.
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 from torch import nn
@@ -151,8 +152,39 @@ def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
-    hidden = backbone(**kwargs).last_hidden_state
+    hidden = _backbone_output(model, backbone, kwargs)
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index), head
+
+
+def _backbone_output(model: nn.Module, backbone: nn.Module, kwargs: dict) -> torch.Tensor:
+    """The backbone's last hidden state, from a call of the model's own forward with no logits kept:
+    calling the whole model lets hooks on it do their work (FSDP's root unit gathers the embeddings
+    and the LM head there), and `logits_to_keep=[]` leaves the LM head an empty [batch, 0] slice."""
+    if not runs_model_forward(model):
+        return backbone(**kwargs).last_hidden_state
+    out = {}
+
+    def keep(module, args, output) -> None:
+        out["hidden"] = output.last_hidden_state
+
+    handle = backbone.register_forward_hook(keep)
+    try:
+        model(**kwargs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=kwargs["input_ids"].device))
+    finally:
+        handle.remove()
+    return out["hidden"]
+
+
+def runs_model_forward(model: nn.Module) -> bool:
+    """Whether scoring goes through the model's own forward (it takes `logits_to_keep`), or else
+    calls the backbone directly."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _takes_logits_to_keep(type(lm))
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def attention_implementation(model: nn.Module) -> str:

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
@@ -115,9 +114,10 @@ def test_every_compose_variable_is_documented_in_env_example():
 
 ACCELERATE_CONFIGS = {
     # name: (launch mode flag set by accelerate, num_processes, mixed precision)
-    "single_gpu": (None, 1, "bf16"),
-    "multi_gpu_ddp": ("multi_gpu", 8, "bf16"),
-    "fsdp": ("use_fsdp", 8, "bf16"),
+    # Precision is the training loop's own (bf16 autocast on CUDA): accelerate is told "no".
+    "single_gpu": (None, 1, "no"),
+    "multi_gpu_ddp": ("multi_gpu", 8, "no"),
+    "fsdp": ("use_fsdp", 8, "no"),
     "cpu_2proc": ("multi_gpu", 2, "no"),  # torchrun-style launcher; processes fall back to gloo
 }
 
@@ -155,26 +155,42 @@ def test_accelerate_launch_accepts_the_config(name):
         assert key in options, f"{name}: {key} is not an accelerate launch option"
 
 
-def test_fsdp_config_shards_llama_decoder_layers_in_bf16():
-    import torch
-    import accelerate.utils.dataclasses as accelerate_dataclasses
-    from accelerate.utils import FullyShardedDataParallelPlugin
+def fsdp_env(**changes: str) -> dict[str, str]:
+    """The FSDP environment `accelerate launch --config_file fsdp.yaml` gives each process, with
+    `changes` applied to the launch arguments as a different config would."""
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy, StateDictType
 
     args, _, _ = launch_args("fsdp")
-    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith("FSDP_")}
-    # sync_module_states asks for the current CUDA device; this check needs none.
-    with mock.patch.dict(os.environ, env), \
-            mock.patch.object(accelerate_dataclasses, "is_cuda_available", return_value=True), \
-            mock.patch.object(torch.cuda, "current_device", return_value=0):
-        plugin = FullyShardedDataParallelPlugin()
-    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
-    assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
-    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
-    assert plugin.backward_prefetch == BackwardPrefetch.BACKWARD_PRE
-    assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
+
+
+def test_fsdp_config_is_fsdp2_with_every_setting_honoured():
+    from alignpipe.train.sharding import FSDPSettings, fsdp_settings
+
+    assert fsdp_settings(fsdp_env()) == FSDPSettings(layer_classes=(), reshard_after_forward=True, sync_module_states=True)
+    assert fsdp_settings(fsdp_env(fsdp_transformer_layer_cls_to_wrap="GPT2Block")).layer_classes == ("GPT2Block",)
+    assert fsdp_settings({}) is None  # not an FSDP launch
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("fsdp_version", "1"),
+        ("fsdp_offload_params", "true"),
+        ("fsdp_state_dict_type", "SHARDED_STATE_DICT"),
+        ("fsdp_cpu_ram_efficient_loading", "true"),  # accelerate's default when a config omits it
+        ("fsdp_activation_checkpointing", "true"),
+        ("fsdp_auto_wrap_policy", "SIZE_BASED_WRAP"),
+        ("fsdp_sharding_strategy", "SHARD_GRAD_OP"),
+    ],
+)
+def test_fsdp_settings_alignpipe_cannot_honour_are_refused_by_name(key, value):
+    from alignpipe.train.sharding import fsdp_settings
+
+    with pytest.raises(ValueError, match=f"fsdp_config {key}: '{value}' is not supported"):
+        fsdp_settings(fsdp_env(**{key: value}))
 
 
 def test_no_deepspeed_config_is_shipped():

@@ -10,6 +10,7 @@ import torch
 
 from alignpipe.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype
 from alignpipe.stages.base import MetricsSink
+from alignpipe.train.sharding import unsharded_copy
 from pipeline_config.schema import LoraConfig, ModelConfig
 
 MODEL_SUBDIR = "model"
@@ -58,7 +59,9 @@ def save_model(model, tokenizer, out_dir: Path) -> Path:
 
 
 def publish_training(out_dir: Path, model, tokenizer, history: list[dict], metrics: dict[str, float]) -> None:
-    """A training stage's outputs: the model, its step history and headline metrics (main process only)."""
+    """A training stage's outputs: the model, its step history and headline metrics (main process only).
+    Every process calls it: under FSDP the main process first gathers the full model from the shards."""
+    model = unsharded_copy(model)
     if not is_main_process():
         return
     save_model(model, tokenizer, out_dir)

@@ -1,13 +1,14 @@
 """The one training loop behind SFT and DPO, readable top to bottom.
 
 An `Objective` says how to batch items and what loss a batch has; the loop owns everything else:
-data order, accumulation, multi-process sharding (accelerate), clipping, the schedule, metrics,
-and checkpoints that resume to the same weights as an uninterrupted run.
+data order, accumulation, several processes (accelerate's DDP, or FSDP2 when the accelerate config
+asks for it: alignpipe.train.sharding), clipping, the schedule, metrics, and checkpoints that
+resume to the same weights as an uninterrupted run.
 
 Loss scaling: the objective returns the *sum* of per-unit losses (units: pairs for DPO, completion
 tokens for SFT). Every process knows the whole global batch, so each scales by world/N_global before
-backward; DDP's gradient averaging then yields exactly the mean over the global batch, whatever the
-split into processes and micro-batches.
+backward; DDP's (or FSDP's) gradient averaging then yields exactly the mean over the global batch,
+whatever the split into processes and micro-batches.
 
 As in the DPO paper's trainers, dropout is off while training (alignpipe.train.dropout), and the
 forward runs in the regime the reference log-probs were computed in (alignpipe.train.precision),
@@ -16,7 +17,6 @@ so at step 0 the policy equals the reference. Backward runs outside autocast.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignpipe.logprobs import SequenceScorer
+from alignpipe.train import sharding
 from alignpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_rank_rng
 from alignpipe.train.dropout import dropout_disabled
 from alignpipe.train.optim import make_optimizer, warmup_then_constant
@@ -121,9 +122,15 @@ def train(
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
+    fsdp = sharding.fsdp_settings()  # from the accelerate config (infra/accelerate/fsdp.yaml)
+    if fsdp and world == 1:
+        log.info("FSDP with one process: nothing to shard, training unsharded")
+        fsdp = None
+    if fsdp:
+        sharding.shard(lm, fsdp)  # before the optimizer: parameters become this rank's shards
     optimizer = make_optimizer(lm.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = warmup_then_constant(optimizer, cfg.warmup_steps)
-    scorer = accelerator.prepare(SequenceScorer(lm))  # DDP when world > 1
+    scorer = SequenceScorer(lm) if fsdp else accelerator.prepare(SequenceScorer(lm))  # DDP when world > 1
     params = [p for p in lm.parameters() if p.requires_grad]
 
     result = TrainResult(steps=total_steps)
@@ -162,7 +169,7 @@ def train(
                     sums[name] += float(value)
                 sums["_tokens"] += batch.real_tokens
                 sums["_padded"] += batch.padded_tokens
-            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
+            grad_norm = sharding.clip_grad_norm(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -186,6 +193,7 @@ def train(
                     "padding_fraction": 1 - totals["_tokens"] / totals["_padded"],
                     "peak_memory_mb": peak_mb,
                     "processes": world,
+                    "fsdp": float(fsdp is not None),
                 }
             )
             result.history.append(metrics)
