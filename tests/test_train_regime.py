@@ -227,19 +227,19 @@ def test_cpu_machine_and_use_cpu_pick_the_cpu(monkeypatch):
 
 
 def test_the_launch_entry_binds_the_device_before_the_stage_runs(two_gpus, monkeypatch, tmp_path):
+    """alignpipe.stages.launch.main on rank 1: cuda:1 is current before the stage loads anything."""
     import alignpipe.stages.launch as launch
 
     monkeypatch.setenv("LOCAL_RANK", "1")
-    order = []
-    monkeypatch.setattr(launch, "bind_process_device", lambda: order.append("bind"))
+    seen = []
 
-    class Spec:
+    class Observer:  # stands in for a stage: records the bound devices when it starts
         def run(self, ctx):
-            order.append("stage")
+            seen.append(list(two_gpus))
             return {}
 
-    monkeypatch.setattr(launch, "get_stage", lambda name: Spec())
+    monkeypatch.setattr(launch, "get_stage", lambda name: Observer())
     argv = ["--stage", "dpo", "--config", "{}", "--out", str(tmp_path), "--inputs", "{}",
             "--metrics-log", str(tmp_path / "m.jsonl"), "--result", str(tmp_path / "r.json")]  # fmt: skip
     launch.main(argv)
-    assert order == ["bind", "stage"]
+    assert seen == [[1]]
