@@ -116,10 +116,10 @@ def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: Optional[float]) ->
     return float(norm.full_tensor() if is_sharded_tensor(norm) else norm)
 
 
-def _full_options():
+def _full_options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
 
 
 def full_state(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -128,7 +128,8 @@ def full_state(model: nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], di
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    weights = {n: t.contiguous() for n, t in get_model_state_dict(model, options=_full_options()).items() if n in trainable}
+    gathered = get_model_state_dict(model, options=_full_options(ignore_frozen_params=True))  # LoRA: adapters only
+    weights = {n: t.contiguous() for n, t in gathered.items() if n in trainable}
     return weights, get_optimizer_state_dict(model, optimizer, options=_full_options())
 
 
