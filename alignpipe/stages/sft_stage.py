@@ -59,7 +59,7 @@ def run(ctx: StageContext) -> dict[str, float]:
 SPEC = StageSpec(
     name="sft",
     upstream=(),
-    version="2",  # 2: the saved config no longer carries the GGUF quantization_config
+    version="3",  # 3: trained with dropout off (as the paper); 2: the saved config no longer carries the GGUF quantization_config
     config_slice=config_slice,
     run=run,
     artifacts=("history.jsonl", "metrics.json"),

@@ -11,15 +11,18 @@ is left as configured.
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Iterator
 
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+log = logging.getLogger(__name__)
+
 
 def _is_dropout_name(name: str) -> bool:
-    return "dropout" in name or name.endswith("pdrop") or name in ("attn_drop", "dropout_p", "dropout_prob")
+    return "dropout" in name or name.endswith("pdrop") or name == "attn_drop"
 
 
 def _is_lora(name: str) -> bool:
@@ -28,11 +31,12 @@ def _is_lora(name: str) -> bool:
 
 @contextmanager
 def dropout_disabled(model: nn.Module) -> Iterator[None]:
+    """Every dropout of `model` but LoRA's is 0 inside the block, and as before after it."""
     saved: list[tuple[object, str, float]] = []
 
     def zero(obj: object, attr: str) -> None:
         value = getattr(obj, attr)
-        if isinstance(value, float) and not isinstance(value, bool) and value != 0.0:
+        if isinstance(value, float) and value != 0.0:
             saved.append((obj, attr, value))
             setattr(obj, attr, 0.0)
 
@@ -52,6 +56,9 @@ def dropout_disabled(model: nn.Module) -> Iterator[None]:
         for attr in list(vars(config)):
             if _is_dropout_name(attr):
                 zero(config, attr)
+    if saved:
+        found = sorted({f"{type(obj).__name__}.{attr}={value:g}" for obj, attr, value in saved})
+        log.info("training with dropout off, as the DPO paper's trainers (was %s)", ", ".join(found))
     try:
         yield
     finally:
