@@ -6,6 +6,9 @@ This is what makes a 49k-vocabulary model cheap to train on short completions.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -14,16 +17,16 @@ KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's soft
 
 
 class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
-    """Forward chunk by chunk; backward needs softmax(logits) per chunk. When the whole
-    [N, vocab] softmax fits `keep_bytes` it is kept from the forward (one matmul saved per chunk,
-    which is a quarter of the LM head's cost); otherwise backward recomputes it chunk by chunk."""
+    """Forward chunk by chunk; backward needs softmax(logits) per chunk. With `keep` the forward's
+    softmax is kept for backward (one [chunk, vocab] matmul saved per chunk, a quarter of the LM
+    head's cost); otherwise backward recomputes it chunk by chunk. The caller decides `keep`:
+    inside forward, autograd has already switched grad mode off."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, keep_bytes: int):
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, keep: bool):
         w = weight.to(hidden.dtype)
         acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, fp64 stays fp64
         n = hidden.shape[0]
-        keep = torch.is_grad_enabled() and n * weight.shape[0] * torch.finfo(acc).bits // 8 <= keep_bytes
         out = hidden.new_empty(n, dtype=acc)
         lse = hidden.new_empty(n, dtype=acc)
         probs = []
@@ -62,6 +65,22 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
 
+@functools.cache
+def _autocast_safe(device_type: str) -> type[torch.autograd.Function]:
+    """The Function for tensors on `device_type`, run in fp32 inside autocast: torch.amp's
+    custom_fwd casts only inputs on the device type it was given, so each type gets its own."""
+    return type(
+        f"_ChunkedSelectiveLogSoftmax_{device_type}",
+        (_ChunkedSelectiveLogSoftmax,),
+        {
+            "forward": staticmethod(
+                torch.amp.custom_fwd(_ChunkedSelectiveLogSoftmax.forward, device_type=device_type, cast_inputs=torch.float32)
+            ),
+            "backward": staticmethod(torch.amp.custom_bwd(_ChunkedSelectiveLogSoftmax.backward, device_type=device_type)),
+        },
+    )
+
+
 def selective_log_softmax(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -69,11 +88,18 @@ def selective_log_softmax(
     chunk: int | None = None,
     keep_bytes: int = KEEP_SOFTMAX_BYTES,
 ) -> torch.Tensor:
-    """log softmax(hidden @ weight.T)[i, targets[i]] for each row i, in fp32, chunked over rows."""
+    """log softmax(hidden @ weight.T)[i, targets[i]] for each row i, in fp32, chunked over rows.
+
+    Under autocast the LM head runs in fp32 (inputs cast up), as the log-probs of a 49k-way
+    softmax summed over a completion are too coarse in bf16. The softmax is kept for backward
+    when a backward can happen and the whole [N, vocab] block fits `keep_bytes`."""
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
     chunk = chunk or max(1, DEFAULT_CHUNK_ELEMENTS // weight.shape[0])
-    return _ChunkedSelectiveLogSoftmax.apply(hidden, weight, targets, chunk, keep_bytes)
+    acc_bytes = torch.finfo(torch.promote_types(hidden.dtype, torch.float32)).bits // 8
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    keep = grad and hidden.shape[0] * weight.shape[0] * acc_bytes <= keep_bytes
+    return _autocast_safe(hidden.device.type).apply(hidden, weight, targets, chunk, keep)
 
 
 def naive_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -126,8 +152,39 @@ def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
-    hidden = backbone(**kwargs).last_hidden_state
+    hidden = _backbone_output(model, backbone, kwargs)
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index), head
+
+
+def _backbone_output(model: nn.Module, backbone: nn.Module, kwargs: dict) -> torch.Tensor:
+    """The backbone's last hidden state, from a call of the model's own forward with no logits kept:
+    calling the whole model lets hooks on it do their work (FSDP's root unit gathers the embeddings
+    and the LM head there), and `logits_to_keep=[]` leaves the LM head an empty [batch, 0] slice."""
+    if not runs_model_forward(model):
+        return backbone(**kwargs).last_hidden_state
+    out = {}
+
+    def keep(module, args, output) -> None:
+        out["hidden"] = output.last_hidden_state
+
+    handle = backbone.register_forward_hook(keep)
+    try:
+        model(**kwargs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=kwargs["input_ids"].device))
+    finally:
+        handle.remove()
+    return out["hidden"]
+
+
+def runs_model_forward(model: nn.Module) -> bool:
+    """Whether scoring goes through the model's own forward (it takes `logits_to_keep`), or else
+    calls the backbone directly."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _takes_logits_to_keep(type(lm))
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def attention_implementation(model: nn.Module) -> str:

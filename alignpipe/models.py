@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,23 @@ def smollm2_gguf_path() -> Optional[Path]:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device (see bind_process_device)."""
+    return bind_process_device()
+
+
+def bind_process_device() -> torch.device:
+    """The device this process works on, made CUDA's current device before any model is loaded.
+
+    Under `accelerate launch` / torchrun each process has a LOCAL_RANK and gets cuda:LOCAL_RANK
+    (as accelerate's Accelerator will); without this every rank would load onto GPU 0. CPU when
+    CUDA is absent or accelerate was told to stay on the CPU (ACCELERATE_USE_CPU)."""
+    if not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {index}: this process sees only {torch.cuda.device_count()} CUDA devices")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import yaml
@@ -38,9 +37,8 @@ def compose() -> dict:
 def test_infra_has_the_expected_structured_files():
     names = {p.relative_to(INFRA).as_posix() for p in structured_files()}
     assert names >= {
-        "docker-compose.yml", "k8s/gpu-job-template.json", "accelerate/ds_zero3.json",
-        "accelerate/single_gpu.yaml", "accelerate/multi_gpu_ddp.yaml", "accelerate/fsdp.yaml",
-        "accelerate/deepspeed_zero3.yaml", "accelerate/cpu_2proc.yaml",
+        "docker-compose.yml", "k8s/gpu-job-template.json",
+        "accelerate/single_gpu.yaml", "accelerate/multi_gpu_ddp.yaml", "accelerate/fsdp.yaml", "accelerate/cpu_2proc.yaml",
     }
 
 
@@ -116,10 +114,10 @@ def test_every_compose_variable_is_documented_in_env_example():
 
 ACCELERATE_CONFIGS = {
     # name: (launch mode flag set by accelerate, num_processes, mixed precision)
-    "single_gpu": (None, 1, "bf16"),
-    "multi_gpu_ddp": ("multi_gpu", 8, "bf16"),
-    "fsdp": ("use_fsdp", 8, "bf16"),
-    "deepspeed_zero3": ("use_deepspeed", 8, "no"),  # precision lives in ds_zero3.json
+    # Precision is the training loop's own (bf16 autocast on CUDA): accelerate is told "no".
+    "single_gpu": (None, 1, "no"),
+    "multi_gpu_ddp": ("multi_gpu", 8, "no"),
+    "fsdp": ("use_fsdp", 8, "no"),
     "cpu_2proc": ("multi_gpu", 2, "no"),  # torchrun-style launcher; processes fall back to gloo
 }
 
@@ -146,57 +144,60 @@ def test_accelerate_launch_accepts_the_config(name):
 
     mode, num_processes, precision = ACCELERATE_CONFIGS[name]
     args, defaults, _ = launch_args(name)
-    flags = {f: getattr(args, f) for f in ("multi_gpu", "use_fsdp", "use_deepspeed")}
+    flags = {f: getattr(args, f) for f in ("multi_gpu", "use_fsdp")}
+    assert not args.use_deepspeed
     assert flags == {f: f == mode for f in flags}
     assert args.num_processes == num_processes
     assert args.mixed_precision == precision
     # Nested settings become `accelerate launch` options; a misspelt one would be silently dropped.
     options = {a.dest for a in launch_command_parser()._actions}
-    for key in [*defaults.fsdp_config, *defaults.deepspeed_config]:
+    for key in defaults.fsdp_config:
         assert key in options, f"{name}: {key} is not an accelerate launch option"
 
 
-def test_fsdp_config_shards_llama_decoder_layers_in_bf16():
-    import torch
-    import accelerate.utils.dataclasses as accelerate_dataclasses
-    from accelerate.utils import FullyShardedDataParallelPlugin
+def fsdp_env(**changes: str) -> dict[str, str]:
+    """The FSDP environment `accelerate launch --config_file fsdp.yaml` gives each process, with
+    `changes` applied to the launch arguments as a different config would."""
     from accelerate.utils.launch import prepare_multi_gpu_env
-    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy, StateDictType
 
     args, _, _ = launch_args("fsdp")
-    env = {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith("FSDP_")}
-    # sync_module_states asks for the current CUDA device; this check needs none.
-    with mock.patch.dict(os.environ, env), \
-            mock.patch.object(accelerate_dataclasses, "is_cuda_available", return_value=True), \
-            mock.patch.object(torch.cuda, "current_device", return_value=0):
-        plugin = FullyShardedDataParallelPlugin()
-    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
-    assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
-    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT
-    assert plugin.backward_prefetch == BackwardPrefetch.BACKWARD_PRE
-    assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
+    for key, value in changes.items():
+        setattr(args, key, value)
+    return {k: v for k, v in prepare_multi_gpu_env(args).items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))}
 
 
-def test_deepspeed_config_is_zero3_in_bf16_through_accelerates_plugin(monkeypatch):
-    from accelerate.utils import DeepSpeedPlugin
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+def test_fsdp_config_is_fsdp2_with_every_setting_honoured():
+    from alignpipe.train.sharding import FSDPSettings, fsdp_settings
 
-    args, defaults, mp_from_config = launch_args("deepspeed_zero3")
-    # As accelerate's launch_command does: tell the plugin which fields came from the YAML, so
-    # it can refuse ones that the DeepSpeed JSON must own.
-    args.deepspeed_fields_from_accelerate_config = ",".join(
-        [*defaults.deepspeed_config, *(["mixed_precision"] if mp_from_config else [])]
-    )
-    _, env = prepare_deepspeed_cmd_env(args)
-    monkeypatch.chdir(REPO)  # the JSON path is relative to the launch directory, as in a pipeline run
-    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}):
-        plugin = DeepSpeedPlugin()
-    assert plugin.zero_stage == 3 and plugin.hf_ds_config.is_zero3()
-    assert plugin.zero3_init_flag is True
-    assert plugin.deepspeed_config["bf16"] == {"enabled": True}
-    assert plugin.gradient_clipping == 10.0
-    assert (REPO / defaults.deepspeed_config["deepspeed_config_file"]).exists()
+    assert fsdp_settings(fsdp_env()) == FSDPSettings(layer_classes=(), reshard_after_forward=True, sync_module_states=True)
+    assert fsdp_settings(fsdp_env(fsdp_transformer_layer_cls_to_wrap="GPT2Block")).layer_classes == ("GPT2Block",)
+    assert fsdp_settings({}) is None  # not an FSDP launch
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("fsdp_version", "1"),
+        ("fsdp_offload_params", "true"),
+        ("fsdp_state_dict_type", "SHARDED_STATE_DICT"),
+        ("fsdp_cpu_ram_efficient_loading", "true"),  # accelerate's default when a config omits it
+        ("fsdp_activation_checkpointing", "true"),
+        ("fsdp_auto_wrap_policy", "SIZE_BASED_WRAP"),
+        ("fsdp_sharding_strategy", "SHARD_GRAD_OP"),
+    ],
+)
+def test_fsdp_settings_alignpipe_cannot_honour_are_refused_by_name(key, value):
+    from alignpipe.train.sharding import fsdp_settings
+
+    with pytest.raises(ValueError, match=f"fsdp_config {key}: '{value}' is not supported"):
+        fsdp_settings(fsdp_env(**{key: value}))
+
+
+def test_no_deepspeed_config_is_shipped():
+    """DeepSpeed is not supported (docs/scaling.md says why), so no config may offer it."""
+    for path in ACCELERATE.glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["distributed_type"] != "DEEPSPEED", path
+    assert not list(ACCELERATE.glob("*.json"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Chunked selective log-softmax and prefix-shared scoring agree with the naive computations."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from alignpipe.batching import collate_concatenated, collate_prefix_shared
 from alignpipe.dpo.scoring import pair_logps
@@ -15,6 +16,19 @@ RECORDS = [
 ]
 
 
+class CountLMHeadMatmuls(TorchDispatchMode):
+    """Counts matmuls with a [vocab, ...] operand, at the aten level (so backward's count too)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.count = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm):
+            self.count += any(isinstance(a, torch.Tensor) and self.vocab in a.shape for a in args)
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
 @pytest.mark.parametrize("keep_bytes", [0, 1 << 30])  # recompute the softmax in backward / keep it
 def test_chunked_matches_naive_values_and_grads(chunk, keep_bytes):
@@ -22,21 +36,55 @@ def test_chunked_matches_naive_values_and_grads(chunk, keep_bytes):
     h = torch.randn(37, 16, requires_grad=True)
     w = torch.randn(5000, 16, requires_grad=True)
     t = torch.randint(0, 5000, (37,))
-    fast = selective_log_softmax(h, w, t, chunk=chunk, keep_bytes=keep_bytes)
+    n_chunks = -(-37 // chunk)
+    g = torch.randn(37)
+    with CountLMHeadMatmuls(5000) as counter:
+        fast = selective_log_softmax(h, w, t, chunk=chunk, keep_bytes=keep_bytes)
+        kept = len(fast.grad_fn.probs)  # the Function's saved state: one softmax block per chunk, or none
+        forward = counter.count
+        gh_fast, gw_fast = torch.autograd.grad((fast * g).sum(), (h, w))
+    assert kept == (n_chunks if keep_bytes else 0)
+    # forward: 1 matmul per chunk; backward: grad_h and grad_w, plus the recomputed logits unless kept
+    assert (forward, counter.count - forward) == (n_chunks, n_chunks * (2 if keep_bytes else 3))
     slow = naive_selective_log_softmax(h, w, t)
     assert torch.allclose(fast, slow, atol=1e-5)
-    g = torch.randn(37)
-    gh_fast, gw_fast = torch.autograd.grad((fast * g).sum(), (h, w))
     gh_slow, gw_slow = torch.autograd.grad((slow * g).sum(), (h, w))
     assert torch.allclose(gh_fast, gh_slow, atol=1e-5) and torch.allclose(gw_fast, gw_slow, atol=1e-5)
 
 
+def test_softmax_is_kept_only_when_a_backward_can_follow():
+    h = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(500, 16)
+    t = torch.randint(0, 500, (8,))
+    assert len(selective_log_softmax(h, w, t, keep_bytes=1 << 30).grad_fn.probs) == 1
+    assert len(selective_log_softmax(h, w, t, keep_bytes=8 * 500 * 4 - 1).grad_fn.probs) == 0  # does not fit
+    with CountLMHeadMatmuls(500) as counter, torch.no_grad():
+        out = selective_log_softmax(h, w, t, keep_bytes=1 << 30)
+    assert out.grad_fn is None and counter.count == 1
+    assert torch.allclose(out, naive_selective_log_softmax(h, w, t), atol=1e-5)
+
+
 @pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
-def test_gradcheck_float64(keep_bytes):
-    h = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(50, 6, dtype=torch.float64, requires_grad=True)
-    t = torch.randint(0, 50, (9,))
-    assert torch.autograd.gradcheck(lambda a, b: selective_log_softmax(a, b, t, chunk=4, keep_bytes=keep_bytes), (h, w))
+def test_lm_head_runs_in_fp32_under_cpu_autocast(keep_bytes):
+    """Under bf16 autocast (as a bf16-autocast backbone hands it bf16 hidden states) the head
+    computes in fp32: equal to the fp32 computation on the same bf16 values, not to a bf16 one."""
+    torch.manual_seed(0)
+    h = torch.randn(37, 64).bfloat16().requires_grad_()
+    w = torch.randn(5000, 64, requires_grad=True)
+    t = torch.randint(0, 5000, (37,))
+    g = torch.randn(37)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = selective_log_softmax(h, w, t, chunk=7, keep_bytes=keep_bytes)
+        gh, gw = torch.autograd.grad((fast * g).sum(), (h, w))
+    assert fast.dtype == torch.float32 and gh.dtype == torch.bfloat16 and gw.dtype == torch.float32
+    h32 = h.detach().float().requires_grad_()
+    slow = naive_selective_log_softmax(h32, w, t)
+    gh_slow, gw_slow = torch.autograd.grad((slow * g).sum(), (h32, w))
+    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-6)
+    assert torch.allclose(gw, gw_slow, atol=1e-4) and torch.allclose(gh.float(), gh_slow, rtol=1e-2, atol=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        in_bf16 = naive_selective_log_softmax(h, w.bfloat16(), t)  # what plain autocast would compute
+    assert (in_bf16 - slow).abs().max() > 10 * (fast - slow).abs().max()
 
 
 def _naive_sequence_logps(model, prompt, completion):

@@ -11,6 +11,7 @@ import torch
 from alignpipe.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype
 from alignpipe.stages.artifacts import HISTORY_FILE, write_jsonl
 from alignpipe.stages.base import MetricsSink
+from alignpipe.train.sharding import unsharded_copy
 from pipeline_config.schema import LoraConfig
 
 MODEL_SUBDIR = "model"
@@ -29,7 +30,8 @@ def load_stage_model(stage_dir: Path, dtype: str, device: Optional[torch.device]
 
 
 def load_trainable(stage_dir: Path, device: Optional[torch.device] = None):
-    """Training keeps fp32 master weights; the loop's autocast runs bf16 compute on GPU."""
+    """fp32 weights, as training keeps them (the loop's autocast runs bf16 compute on GPU); also
+    what the reference log-probs are computed from, so that they match the policy at step 0."""
     device = device or default_device()
     path = stage_dir / MODEL_SUBDIR
     return load_causal_lm(path, dtype=torch.float32).to(device), load_tokenizer(path)
@@ -58,7 +60,9 @@ def save_model(model, tokenizer, out_dir: Path) -> Path:
 
 
 def publish_training(out_dir: Path, model, tokenizer, history: list[dict], metrics: dict[str, float]) -> None:
-    """A training stage's outputs: the model, its step history and headline metrics (main process only)."""
+    """A training stage's outputs: the model, its step history and headline metrics (main process only).
+    Every process calls it: under FSDP the main process first gathers the full model from the shards."""
+    model = unsharded_copy(model)
     if not is_main_process():
         return
     save_model(model, tokenizer, out_dir)

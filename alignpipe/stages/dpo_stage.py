@@ -17,7 +17,7 @@ from pipeline_config.slices import From, StageConfig
 
 class DPOSlice(StageConfig):
     dpo: Annotated[DPOConfig, From("dpo")]
-    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]
+    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]  # the training autocast
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -38,6 +38,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         callbacks=[HistoryLogger(ctx.sink, "dpo")],
         desc="DPO",
         say=lambda line: ctx.say(f"dpo: {line}"),
+        precision=config.dtype,
     )
     last = result.history[-max(1, len(result.history) // 10) :]  # the final tenth, less noisy than one step
     mean = lambda key: sum(h[key] for h in last) / len(last)  # noqa: E731

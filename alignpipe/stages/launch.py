@@ -17,6 +17,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from alignpipe.models import bind_process_device
 from alignpipe.stages import get_stage
 from alignpipe.stages.base import StageContext
 from alignpipe.stages.common import is_main_process
@@ -53,6 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--result", required=True, type=Path)
     ap.add_argument("--say-log", required=True, type=Path)
     args = ap.parse_args(argv)
+    bind_process_device()  # cuda:LOCAL_RANK before the stage loads anything (not every rank on GPU 0)
 
     spec = get_stage(args.stage)
     ctx = StageContext(

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from alignpipe.dpo.scoring import tokenized_pair_logps
 from alignpipe.stages.artifacts import ReferencePairs, read_pairs, write_reference
 from alignpipe.stages.base import StageContext, StageSpec
-from alignpipe.stages.common import load_stage_model
+from alignpipe.stages.common import load_trainable
 from alignpipe.tokenization import as_chat, tokenize_pairs
+from alignpipe.train.precision import reference_pair_logps
 from pipeline_config.schema import ReferenceConfig
 from pipeline_config.slices import From, StageConfig
 
@@ -23,19 +23,19 @@ class ReferenceSlice(StageConfig):
     max_prompt_length: Annotated[int, From("dpo.max_prompt_length")]
     prefix_sharing: Annotated[Literal["auto", "on", "off"], From("dpo.prefix_sharing")]
     chat_template: Annotated[bool, From("model.chat_template")]
-    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]
+    dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]  # the training autocast
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     config: ReferenceSlice = ctx.config
-    model, tok = load_stage_model(ctx.inputs["sft"], config.dtype)
+    model, tok = load_trainable(ctx.inputs["sft"])  # fp32 weights: the policy's regime at step 0
     records = [{**r, "prompt": as_chat(r["prompt"], config.chat_template)} for r in read_pairs(ctx.inputs["pairs"])]
     pairs, stats = tokenize_pairs(tok, records, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     if not pairs:
         raise ValueError(f"reference: all {len(records)} pairs were dropped by truncation to dpo.max_length {config.max_length}")
-    chosen, rejected = tokenized_pair_logps(
-        model, pairs, tok.pad_token_id, batch_size=config.reference.batch_size, prefix_sharing=config.prefix_sharing,
-        desc="reference log-probs",
+    chosen, rejected = reference_pair_logps(
+        model, pairs, tok.pad_token_id, batch_size=config.reference.batch_size, precision=config.dtype,
+        prefix_sharing=config.prefix_sharing, desc="reference log-probs",
     )  # fmt: skip
     dropped = set(stats.dropped_indices)
     kept = [i for i in range(len(records)) if i not in dropped]

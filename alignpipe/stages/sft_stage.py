@@ -54,6 +54,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         callbacks=[HistoryLogger(ctx.sink, "sft")],
         desc="SFT",
         say=lambda line: ctx.say(f"sft: {line}"),
+        precision=mcfg.dtype,
     )
     after = evaluate_nll(model, eval_examples, tok.pad_token_id)
     metrics = {

@@ -2,6 +2,8 @@
 
 Tensors go to safetensors, everything else to JSON: nothing is unpickled on load, so a checkpoint
 from an untrusted place cannot run code. Each checkpoint is written to a temp dir and renamed.
+Weights and optimizer state are full tensors keyed by parameter name whether training ran on one
+process, under DDP or under FSDP (shards are gathered on rank 0 and re-split on load).
 """
 from __future__ import annotations
 
@@ -15,12 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from alignpipe.train.sharding import full_state, load_full_state
+
 CKPT_PREFIX = "step-"
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # named_parameters() lists tied weights once, which safetensors requires
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -39,7 +38,7 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state = {}
     for pid, slots in meta["state"].items():
-        state[int(pid)] = {k: (tensors[f"{pid}.{k}"] if v == "__tensor__" else v) for k, v in slots.items()}
+        state[pid] = {k: (tensors[f"{pid}.{k}"] if v == "__tensor__" else v) for k, v in slots.items()}
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
@@ -64,14 +63,16 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
 def save_checkpoint(
     root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, extra: dict[str, Any], rank: int = 0, keep: int = 2
 ) -> Path:
-    """Rank 0 writes weights/optimizer/state; every rank writes its own RNG file."""
+    """Every rank calls this (FSDP gathers shards); rank 0 writes weights/optimizer/state and its RNG.
+    The other ranks add their RNG files with save_rank_rng once the directory exists."""
     final = root / f"{CKPT_PREFIX}{step:08d}"
     tmp = root / f".tmp-{step:08d}-{uuid.uuid4().hex[:8]}"
     rng_tensors, rng_meta = _rng_state()
+    weights, optim_state = full_state(model, optimizer)
     if rank == 0:
         tmp.mkdir(parents=True)
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(weights, str(tmp / "model.safetensors"))  # trainable parameters; tied weights once
+        opt_tensors, opt_meta = _flatten_optimizer(optim_state)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
         (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta, "scheduler": sched, "extra": extra}))
@@ -98,15 +99,12 @@ def latest_checkpoint(root: Path) -> Path | None:
 def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
     """Restore everything saved by save_checkpoint; returns the `extra` dict (data position etc.)."""
     weights = load_file(str(ckpt / "model.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if missing:
         raise ValueError(f"{ckpt}: checkpoint lacks parameters {missing[:3]} (different model or LoRA setting?)")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
     state = json.loads((ckpt / "state.json").read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"]))
+    optim_state = _unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), state["optimizer"])
+    load_full_state(model, optimizer, weights, optim_state)
     sched = scheduler.state_dict()
     sched.update(state["scheduler"])
     scheduler.load_state_dict(sched)

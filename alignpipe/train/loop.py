@@ -1,18 +1,22 @@
 """The one training loop behind SFT and DPO, readable top to bottom.
 
 An `Objective` says how to batch items and what loss a batch has; the loop owns everything else:
-data order, accumulation, multi-process sharding (accelerate), clipping, the schedule, metrics,
-and checkpoints that resume to the same weights as an uninterrupted run.
+data order, accumulation, several processes (accelerate's DDP, or FSDP2 when the accelerate config
+asks for it: alignpipe.train.sharding), clipping, the schedule, metrics, and checkpoints that
+resume to the same weights as an uninterrupted run.
 
 Loss scaling: the objective returns the *sum* of per-unit losses (units: pairs for DPO, completion
 tokens for SFT). Every process knows the whole global batch, so each scales by world/N_global before
-backward; DDP's gradient averaging then yields exactly the mean over the global batch, whatever the
-split into processes and micro-batches.
+backward; DDP's (or FSDP's) gradient averaging then yields exactly the mean over the global batch,
+whatever the split into processes and micro-batches.
+
+As in the DPO paper's trainers, dropout is off while training (alignpipe.train.dropout), and the
+forward runs in the regime the reference log-probs were computed in (alignpipe.train.precision),
+so at step 0 the policy equals the reference. Backward runs outside autocast.
 """
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -25,8 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from alignpipe.logprobs import SequenceScorer
+from alignpipe.train import sharding
 from alignpipe.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_rank_rng
+from alignpipe.train.dropout import dropout_disabled
 from alignpipe.train.optim import make_optimizer, warmup_then_constant
+from alignpipe.train.precision import autocast, check_launch_precision
 from pipeline_config.schema import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -58,11 +65,13 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def make_accelerator():
+def make_accelerator(precision: str = "auto"):
+    """Processes, devices and DDP; precision is the loop's own (see alignpipe.train.precision)."""
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    check_launch_precision("cuda" if cuda else "cpu", precision)
+    return Accelerator(cpu=not cuda, mixed_precision="no")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -104,8 +113,10 @@ def train(
     callbacks: Sequence[StepCallback] = (),
     desc: str = "training",
     say: Callable[[str], None] = lambda line: None,
+    precision: str = "auto",
 ) -> TrainResult:
-    accelerator = make_accelerator()
+    """Train `lm` on `items`. precision: model.dtype, the autocast of every forward (see precision.py)."""
+    accelerator = make_accelerator(precision)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     steps_per_epoch, total_steps, per_process = _plan(cfg, len(items), world)
 
@@ -114,16 +125,22 @@ def train(
     if cfg.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.train()
-    raw_optimizer = make_optimizer(lm.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
-    scheduler = warmup_then_constant(raw_optimizer, cfg.warmup_steps)
-    scorer, optimizer = accelerator.prepare(SequenceScorer(lm), raw_optimizer)
+    fsdp = sharding.fsdp_settings()  # from the accelerate config (infra/accelerate/fsdp.yaml)
+    if fsdp and world == 1:
+        log.info("FSDP with one process: nothing to shard, training unsharded")
+        fsdp = None
+    if fsdp:
+        sharding.shard(lm, fsdp)  # before the optimizer: parameters become this rank's shards
+    optimizer = make_optimizer(lm.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    scheduler = warmup_then_constant(optimizer, cfg.warmup_steps)
+    scorer = SequenceScorer(lm) if fsdp else accelerator.prepare(SequenceScorer(lm))  # DDP when world > 1
     params = [p for p in lm.parameters() if p.requires_grad]
 
     result = TrainResult(steps=total_steps)
     start_step = 0
     ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None:
-        extra = load_checkpoint(ckpt, lm, raw_optimizer, scheduler, rank)
+        extra = load_checkpoint(ckpt, lm, optimizer, scheduler, rank)
         start_step, result.history, result.resumed_from = extra["step"], extra["history"], extra["step"]
         log.info("resumed from %s (step %d of %d)", ckpt, start_step, total_steps)
         if rank == 0:
@@ -134,67 +151,70 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=rank != 0, unit="step")
-    for step in range(start_step, total_steps):
-        epoch, k = divmod(step, steps_per_epoch)
-        global_batch = epoch_order(len(items), cfg.seed, epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-        n_units = sum(objective.units(items[i]) for i in global_batch)
-        mine = sorted(global_batch[rank * per_process : (rank + 1) * per_process], key=lambda i: -len(items[i]))
-        micro = [mine[s : s + cfg.micro_batch_size] for s in range(0, per_process, cfg.micro_batch_size)]
+    with dropout_disabled(lm):
+        for step in range(start_step, total_steps):
+            epoch, k = divmod(step, steps_per_epoch)
+            global_batch = epoch_order(len(items), cfg.seed, epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+            n_units = sum(objective.units(items[i]) for i in global_batch)
+            mine = sorted(global_batch[rank * per_process : (rank + 1) * per_process], key=lambda i: -len(items[i]))
+            micro = [mine[s : s + cfg.micro_batch_size] for s in range(0, per_process, cfg.micro_batch_size)]
 
-        t0 = time.perf_counter()
-        sums: dict[str, float] = defaultdict(float)
-        for j, idx in enumerate(micro):
-            chunk = [items[i] for i in idx]
-            batch = objective.collate(chunk).to(device)
-            sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer)
-            with sync, accelerator.autocast():
-                loss_sum, metric_sums = objective(scorer, batch, chunk)
-                accelerator.backward(loss_sum * (world / n_units))
-            sums["loss"] += float(loss_sum.detach())
-            for name, value in metric_sums.items():
-                sums[name] += float(value)
-            sums["_tokens"] += batch.real_tokens
-            sums["_padded"] += batch.padded_tokens
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            sums: dict[str, float] = defaultdict(float)
+            for j, idx in enumerate(micro):
+                chunk = [items[i] for i in idx]
+                batch = objective.collate(chunk).to(device)
+                sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(scorer)
+                with sync:
+                    with autocast(device, precision):
+                        loss_sum, metric_sums = objective(scorer, batch, chunk)
+                    accelerator.backward(loss_sum * (world / n_units))
+                sums["loss"] += float(loss_sum.detach())
+                for name, value in metric_sums.items():
+                    sums[name] += float(value)
+                sums["_tokens"] += batch.real_tokens
+                sums["_padded"] += batch.padded_tokens
+            grad_norm = sharding.clip_grad_norm(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        names = sorted(sums)
-        totals = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=device)
-        if world > 1:
-            totals = accelerator.reduce(totals, reduction="sum")
-        totals = dict(zip(names, totals.tolist()))
-        seconds = time.perf_counter() - t0
-        peak_mb = max(peak_mb, _memory_mb(device))
-        metrics = {n: v / n_units for n, v in totals.items() if not n.startswith("_")}
-        metrics.update(
-            {
-                "step": step + 1,
-                "epoch": epoch + (k + 1) / steps_per_epoch,
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": totals["_tokens"] / seconds,
-                "seconds_per_step": seconds,
-                "padding_fraction": 1 - totals["_tokens"] / totals["_padded"],
-                "peak_memory_mb": peak_mb,
-                "processes": world,
-            }
-        )
-        result.history.append(metrics)
-        done = step + 1
-        if checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
-            path = save_checkpoint(
-                checkpoint_dir, done, lm, raw_optimizer, scheduler, {"step": done, "history": result.history}, rank
+            names = sorted(sums)
+            totals = torch.tensor([sums[n] for n in names], dtype=torch.float64, device=device)
+            if world > 1:
+                totals = accelerator.reduce(totals, reduction="sum")
+            totals = dict(zip(names, totals.tolist()))
+            seconds = time.perf_counter() - t0
+            peak_mb = max(peak_mb, _memory_mb(device))
+            metrics = {n: v / n_units for n, v in totals.items() if not n.startswith("_")}
+            metrics.update(
+                {
+                    "step": step + 1,
+                    "epoch": epoch + (k + 1) / steps_per_epoch,
+                    "grad_norm": grad_norm,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": totals["_tokens"] / seconds,
+                    "seconds_per_step": seconds,
+                    "padding_fraction": 1 - totals["_tokens"] / totals["_padded"],
+                    "peak_memory_mb": peak_mb,
+                    "processes": world,
+                    "fsdp": float(fsdp is not None),
+                }
             )
-            accelerator.wait_for_everyone()
-            if rank != 0:
-                save_rank_rng(path, rank)
-            accelerator.wait_for_everyone()
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        for cb in callbacks:
-            cb(done, metrics)
+            result.history.append(metrics)
+            done = step + 1
+            if checkpoint_dir and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total_steps:
+                path = save_checkpoint(
+                    checkpoint_dir, done, lm, optimizer, scheduler, {"step": done, "history": result.history}, rank
+                )
+                accelerator.wait_for_everyone()
+                if rank != 0:
+                    save_rank_rng(path, rank)
+                accelerator.wait_for_everyone()
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+            for cb in callbacks:
+                cb(done, metrics)
     bar.close()
     result.seconds = time.perf_counter() - started
     lm.eval()
