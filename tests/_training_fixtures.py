@@ -19,9 +19,9 @@ def synthetic_records(n: int = 32) -> list[dict]:
     ]
 
 
-def preference_items(model, tokenizer, n: int = 32) -> list[PreferenceItem]:
+def preference_items(model, tokenizer, n: int = 32, precision: str = "auto") -> list[PreferenceItem]:
     pairs, _ = tokenize_pairs(tokenizer, synthetic_records(n), max_length=64, max_prompt_length=32)
-    chosen, rejected = reference_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=8)
+    chosen, rejected = reference_pair_logps(model, pairs, tokenizer.pad_token_id, batch_size=8, precision=precision)
     return [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(pairs, chosen, rejected)]
 
 

@@ -161,7 +161,7 @@ def test_local_file_with_column_map(tmp_path):
         human_pairs(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), 1)
     only_train = generation_prompts(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), "train")
     assert only_train in ([{"prompt": "p1", "reference": None}], [{"prompt": "p2", "reference": None}])
-    with pytest.raises(ValueError, match=r"^prompts\.jsonl:[12]: field 'chosen' is missing"):
+    with pytest.raises(ValueError, match=r"(^|/)prompts\.jsonl:[12]: field 'chosen' is missing"):
         sft_examples(DataConfig(task="local", local_path=str(prompts_only), eval_size=1), 1)
 
 

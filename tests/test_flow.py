@@ -87,7 +87,8 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
     # Second run through the CLI: nothing recomputed, the summary table says so.
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
-    assert len(calls(cfg)) == len(ORDER)
+    first_keys = {s["name"]: s["key"][:12] for s in summary["stages"]}
+    assert len(calls(cfg)) == len(ORDER), f"first run's keys {first_keys}; second run:\n{result.output}"
     assert "0 ran, 7 reused" in result.output
     rows = [line for line in result.output.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() in ORDER]
     assert len(rows) == len(ORDER) and all(row.split("│")[2].strip() == "yes" for row in rows)

@@ -7,6 +7,7 @@ never pay again, on rerun, for a verdict it had stored.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def test_a_refused_key_is_one_line_naming_the_endpoint_and_no_storm(tmp_path, st
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"judge endpoint {server.base_url} rejected OPENAI_API_KEY (HTTP {status})")
-    assert "0 of 60 new verdicts were saved" in message
+    assert "0 of 60 new verdicts were saved" in message and message.endswith("fix the key and rerun")
+    assert err.value.refused and pickle.loads(pickle.dumps(err.value)).refused
     assert server.n_requests <= 4  # those already in flight; none of the other 56 was sent
     assert set(server.requests_by_key.values()) == {1}  # and none retried
 

@@ -122,6 +122,7 @@ def test_retry_policy():
     waits = [backoff_delay(a, 1.0, 10.0, rng) for a in range(6)]
     assert all(0.5 * min(10, 2**a) <= w <= min(10, 2**a) for a, w in enumerate(waits))
     assert backoff_delay(5, 1.0, 10.0, rng, retry_after=42.0) == 42.0
+    assert backoff_delay(0, 1.0, 10.0, rng, retry_after=3600.0) == 120.0  # an hour's Retry-After: capped
 
 
 def test_cache_key_covers_every_part():

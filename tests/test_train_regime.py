@@ -106,7 +106,7 @@ def cpu_bf16_autocast(monkeypatch):
     """The CUDA regime (fp32 weights, bf16 autocast), on the CPU: for the loop and the reference alike."""
     import alignpipe.train.precision as precision
 
-    monkeypatch.setitem(precision.AUTOCAST_DTYPE, "cpu", torch.bfloat16)
+    monkeypatch.setitem(precision.AUTO_AUTOCAST, "cpu", torch.bfloat16)
 
 
 def test_step0_is_log2_under_bf16_autocast(cpu_bf16_autocast, tiny_model_dir, smol_tokenizer):
@@ -234,12 +234,37 @@ def test_the_launch_entry_binds_the_device_before_the_stage_runs(two_gpus, monke
     seen = []
 
     class Observer:  # stands in for a stage: records the bound devices when it starts
+        from pipeline_config.slices import StageConfig as config
+
         def run(self, ctx):
             seen.append(list(two_gpus))
             return {}
 
     monkeypatch.setattr(launch, "get_stage", lambda name: Observer())
     argv = ["--stage", "dpo", "--config", "{}", "--out", str(tmp_path), "--inputs", "{}",
-            "--metrics-log", str(tmp_path / "m.jsonl"), "--result", str(tmp_path / "r.json")]  # fmt: skip
+            "--metrics-log", str(tmp_path / "m.jsonl"), "--result", str(tmp_path / "r.json"), "--say-log", str(tmp_path / "s.log")]  # fmt: skip
     launch.main(argv)
     assert seen == [[1]]
+
+
+def test_model_dtype_names_the_training_autocast():
+    """model.dtype reaches training: bfloat16 is bf16 autocast (CPU too), float32 none, auto by device."""
+    from alignpipe.train.precision import autocast, autocast_dtype
+
+    assert autocast_dtype("cpu", "bfloat16") == torch.bfloat16 and autocast_dtype("cpu", "float32") is None
+    assert autocast_dtype("cpu", "auto") is None and autocast_dtype("cuda", "auto") == torch.bfloat16
+    assert autocast_dtype("cuda", "float32") is None
+    with autocast("cpu", "bfloat16"):
+        assert torch.is_autocast_enabled("cpu") and (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast("cpu", "float32"):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_bfloat16_model_dtype_trains_under_bf16_autocast_and_step0_is_log2(tiny_model_dir, smol_tokenizer):
+    model = load_causal_lm(tiny_model_dir)
+    items = preference_items(model, smol_tokenizer, precision="bfloat16")
+    cfg = dpo_config(max_steps=1)
+    first = train(model, items, objective(model, smol_tokenizer, cfg), cfg, precision="bfloat16").history[0]
+    assert first["loss"] == pytest.approx(LOG2, abs=1e-6)
+    fp32_items = preference_items(load_causal_lm(tiny_model_dir), smol_tokenizer, precision="float32")
+    assert max(abs(a.ref_chosen - b.ref_chosen) for a, b in zip(items, fp32_items)) > 1e-6  # the regime really differs

@@ -53,9 +53,9 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(f"{path.name}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise RecordError(f"{path}:{line_no}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(row, dict):
-                raise RecordError(f"{path.name}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                raise RecordError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
             yield line_no, row
 
 
@@ -77,7 +77,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise RecordError(f"{path.name}: cannot read parquet ({e})") from None
+        raise RecordError(f"{path}: cannot read parquet ({e})") from None
     for row_no, row in enumerate(table.to_pylist(), start=1):
         yield row_no, row
 
@@ -124,7 +124,9 @@ def validated(
     unknown = set(column_map) - {f.name for f in fields}
     if unknown:
         raise RecordError(f"{source}: column_map names unknown fields {sorted(unknown)} (known: {[f.name for f in fields]})")
+    n = 0
     for line_no, row in rows:
+        n += 1
         where = f"{source}:{line_no}"
         record: dict[str, Any] = {}
         for spec in fields:
@@ -140,6 +142,8 @@ def validated(
                 continue
             record[spec.name] = check_field(value, spec, where)
         yield line_no, record
+    if n == 0:
+        raise RecordError(f"{source}: no records (the file is empty)")
 
 
 def validate_rows(
@@ -155,6 +159,6 @@ def validate_rows(
 def read_records(
     path: Path, fields: Iterable[FieldSpec], column_map: Optional[Mapping[str, str]] = None
 ) -> list[dict[str, Any]]:
-    """All records of a JSONL/Parquet/CSV file, validated; errors name the file by its base name."""
+    """All records of a JSONL/Parquet/CSV file, validated; errors name the file by its path."""
     path = Path(path)
-    return validate_rows(read_rows(path), path.name, fields, column_map)
+    return validate_rows(read_rows(path), str(path), fields, column_map)

@@ -160,9 +160,9 @@ def _examples(cfg: DataConfig) -> list[dict[str, Any]]:
         if not cfg.local_path:
             raise ValueError("data.local_path is required for task 'local'")
         path = Path(cfg.local_path)
-        rows = validated(read_rows(path), path.name, adapters.LOCAL_FIELDS, cfg.column_map)
+        rows = validated(read_rows(path), str(path), adapters.LOCAL_FIELDS, cfg.column_map)
         return [{**_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"]),
-                 "where": f"{path.name}:{line_no}"} for line_no, r in rows]
+                 "where": f"{path}:{line_no}"} for line_no, r in rows]
     name, split = TASK_DATASET[cfg.task]
     records = load_source(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
     if cfg.task == "imdb":

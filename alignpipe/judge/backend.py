@@ -10,7 +10,16 @@ from typing import Callable, Optional, Protocol
 
 
 class JudgeUnavailableError(RuntimeError):
-    """The backend could not answer (retries exhausted, endpoint refused); answers so far are cached."""
+    """The backend could not answer (retries exhausted, endpoint refused); answers so far are cached.
+
+    refused: the endpoint rejected the credentials (401/403), so retrying later will not help."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
+
+    def __reduce__(self):
+        return type(self), (str(self), self.refused)
 
 
 @dataclass(frozen=True)

@@ -142,8 +142,9 @@ class Judge:
         except _GateFailed:
             pass  # reported below, with the counts of everything that did arrive
         except JudgeUnavailableError as e:
+            then = "fix the key and rerun" if e.refused else "rerun to resume"
             raise JudgeUnavailableError(
-                f"{e}; {len(fresh)} of {len(pending)} new verdicts were saved to {self.cache.path}, rerun to resume"
+                f"{e}; {len(fresh)} of {len(pending)} new verdicts were saved to {self.cache.path}, {then}", refused=e.refused
             ) from None
         finally:
             bar.close()

@@ -158,7 +158,7 @@ class OpenAIBackend:
                 )
             except openai.APIStatusError as e:
                 if not is_retryable_status(e.status_code):
-                    raise JudgeUnavailableError(self._fatal_message(e)) from None
+                    raise JudgeUnavailableError(self._fatal_message(e), refused=e.status_code in (401, 403)) from None
                 retry_after = retry_after_seconds(e.response.headers)
                 last_error = f"HTTP {e.status_code}"
             except openai.APITimeoutError:

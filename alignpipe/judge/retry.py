@@ -12,6 +12,7 @@ import time
 from typing import Mapping, Optional
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+RETRY_AFTER_CAP_S = 120.0  # a Retry-After of an hour would stall the run for an hour: wait at most this
 
 
 def is_retryable_status(status: int) -> bool:
@@ -46,7 +47,7 @@ def backoff_delay(
     attempt: int, base_s: float, max_s: float, rng: random.Random, retry_after: Optional[float] = None
 ) -> float:
     """The wait before retry number `attempt` (0-based): Retry-After if given, else jittered 2^attempt."""
-    if retry_after is not None:
-        return retry_after
+    if retry_after is not None:  # the server's word wins, up to the longest wait we would choose ourselves
+        return min(retry_after, max(max_s, RETRY_AFTER_CAP_S))
     ceiling = min(max_s, base_s * (2.0**attempt))
     return ceiling * rng.uniform(0.5, 1.0)
