@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
+from pipeline_config.reads import not_counted
 from pipeline_config.schema import DataConfig, ModelConfig, ModelRef
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,11 @@ def data_inputs(data: DataConfig, index: DigestIndex) -> dict[str, str]:
 
 def slice_inputs(config: BaseModel, index: DigestIndex, prefix: str = "") -> dict[str, str]:
     """{where: digest or hub ref} for everything outside the store that this slice makes a stage read."""
+    with not_counted():  # keying on a value is not using it (pipeline_config/reads.py)
+        return _slice_inputs(config, index, prefix)
+
+
+def _slice_inputs(config: BaseModel, index: DigestIndex, prefix: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, field in type(config).model_fields.items():
         value = getattr(config, name)
@@ -175,7 +181,7 @@ def slice_inputs(config: BaseModel, index: DigestIndex, prefix: str = "") -> dic
         elif isinstance(value, DataConfig):
             out.update({f"{where}.{k}": v for k, v in data_inputs(value, index).items()})
         elif isinstance(value, BaseModel):
-            out.update(slice_inputs(value, index, f"{where}."))
+            out.update(_slice_inputs(value, index, f"{where}."))
         elif value and any(isinstance(m, ModelRef) for m in field.metadata):
             out[where] = model_ref(str(value), index)
     return out

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pipeline_config.reads import not_counted
 from pipeline_config.schema import PipelineConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -174,7 +175,9 @@ def explain_config(
                     del set_by[known]
             set_by[leaf] = layer.name
     entries = []
-    for leaf, value in _config_leaves(cfg):
+    with not_counted():
+        leaves = list(_config_leaves(cfg))
+    for leaf, value in leaves:
         owner = next((set_by[p] for p in _prefixes(leaf) if p in set_by), "default")
         entries.append(ConfigEntry(leaf, value, owner))
     return cfg, entries

@@ -22,6 +22,18 @@ def traced_getattribute(self, name: str):
 
 
 @contextmanager
+def not_counted() -> Iterator[None]:
+    """For code that walks every field generically (building a slice, hashing inputs, printing the
+    config): what it touches is not evidence that a setting does anything."""
+    global _reads
+    outer, _reads = _reads, None
+    try:
+        yield
+    finally:
+        _reads = outer
+
+
+@contextmanager
 def recording() -> Iterator[set[tuple[str, str]]]:
     """Collect (model class name, field name) for every field read while the block runs."""
     global _reads

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline_config.reads import traced_getattribute
 
@@ -162,6 +162,12 @@ class DPOConfig(TrainConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     sft_weight: float = Field(0.0, ge=0)
     prefix_sharing: Literal["auto", "on", "off"] = "auto"
+
+    @field_validator("prefix_sharing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML reads a bare on/off as true/false: take them as the words they were."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
     reference: Literal["precomputed", "adapter_disabled"] = "precomputed"
 
     @model_validator(mode="after")

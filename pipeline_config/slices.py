@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
+from pipeline_config.reads import not_counted
 from pipeline_config.schema import PipelineConfig, Strict
 
 
@@ -51,7 +52,8 @@ class StageConfig(Strict):
 
     @classmethod
     def of(cls, cfg: PipelineConfig) -> "StageConfig":
-        return cls.model_validate({name: config_value(cfg, path) for name, path in cls.sources().items()})
+        with not_counted():  # copying values into the slice is not using them; the stage reading it is
+            return cls.model_validate({name: config_value(cfg, path) for name, path in cls.sources().items()})
 
     @classmethod
     def keys_on(cls, path: str) -> bool:

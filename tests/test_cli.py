@@ -135,3 +135,20 @@ def test_results_table_lists_win_rate_reward_and_kl_per_temperature():
     assert "0.70 ± 0.08" in text and "0.634" in text and "0.347" in text and "11.740" in text
     assert text.index("0.7 ") < text.index("0.64 ± 0.09")  # temperatures in order
     assert _results_table("sft", {"train_loss": 1.0}) is None
+
+
+def test_config_shows_each_value_its_source_and_the_stages_keyed_on_it(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"extends": "demo", "dpo": {"beta": 0.2}}))
+    result = invoke("config", "--config", path, "--set", "evaluate.n_prompts=8")
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells[1:] for line in result.output.splitlines()
+            if (cells := [c.strip() for c in line.split("│")[1:-1]]) and cells[0]}  # fmt: skip
+    assert rows["dpo.beta"] == ["0.2", f"file {path}", "dpo"]
+    assert rows["evaluate.n_prompts"] == ["8", "--set", "evaluate"]
+    assert rows["sft.lr"] == ["0.0002", "preset demo", "sft"]
+    assert rows["dpo.max_length"][2] == "reference, dpo"  # the reference pass tokenizes for DPO
+    assert rows["model.chat_template"] == ["False", "default", "sft, pairs, reference, evaluate, ood"]
+    assert rows["run_dir"][2].startswith("(not in any key")
+    changed = invoke("config", "--config", path, "--changed")
+    assert "dpo.beta" in changed.output and "dpo.label_smoothing" not in changed.output

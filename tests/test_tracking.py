@@ -200,3 +200,44 @@ def test_two_processes_share_one_store_and_one_sqlite_db(cfg, tmp_path):
         assert parent.info.status == "FINISHED"
         assert parent.data.metrics["evaluate/win_rate"] == 0.6
         assert len(_children(client, parent.info.run_id)) == len(ORDER)
+
+
+ORPHAN = textwrap.dedent(
+    """
+    import os, signal, sys, pathlib, time
+    from alignpipe.tracking import PipelineTracker
+    from stage_doubles import tiny_config
+    run_dir, uri, experiment, mode = pathlib.Path(sys.argv[1]), *sys.argv[2:]
+    tracker = PipelineTracker(tiny_config(run_dir, tracking__tracking_uri=uri, tracking__experiment=experiment), run_name=mode)
+    tracker.__enter__()
+    print(tracker.run_id, flush=True)
+    if mode == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # no __exit__: the run stays RUNNING
+    time.sleep(120)
+    """
+)
+
+
+def test_runs_left_running_by_a_killed_process_are_marked_killed(cfg, tmp_path):
+    """SIGKILL leaves a RUNNING run behind; the next run on this host finds its process gone and
+    marks it KILLED, while a run whose process is alive is left alone."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS_DIR)])}
+    args = [str(tmp_path), cfg.tracking.tracking_uri, cfg.tracking.experiment]
+
+    def start(mode):
+        return subprocess.Popen([sys.executable, "-c", ORPHAN, *args, mode], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+    killed, alive = start("killed"), start("alive")
+    killed_id, alive_id = killed.stdout.readline().strip(), alive.stdout.readline().strip()
+    killed.wait(timeout=60)
+    try:
+        client = _client(cfg)
+        assert client.get_run(killed_id).info.status == "RUNNING"  # what SIGKILL leaves behind
+        with PipelineTracker(cfg, run_name="next") as tracker:
+            pass
+        assert client.get_run(killed_id).info.status == "KILLED"
+        assert client.get_run(alive_id).info.status == "RUNNING"
+        assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    finally:
+        alive.kill()
+        alive.wait()
