@@ -471,6 +471,7 @@ class PipelineTracker:
         return {
             "tracking_uri": redact_uri(self.tracking_uri),
             "experiment": self.cfg.tracking.experiment,
+            "mlflow_experiment_id": self.experiment_id,
             "mlflow_run_id": self.run_id,
             "prefect_flow_run_id": self.flow_run_id,
         }

@@ -19,7 +19,7 @@ from alignpipe.pipeline import PipelineResult, run_pipeline
 from alignpipe.plan import Plan, plan_pipeline
 from alignpipe.tracking import PipelineTracker
 from pipeline_config import PipelineConfig
-from tasks import quiet_failures
+from tasks import artifacts, quiet_failures
 from tasks.stages import PrefectTasks, ensure_gpu_limit
 
 MAX_CONCURRENT_STAGES = 4  # evaluate + ood, or the members of a sweep; GPU stages still share the GPU limit
@@ -79,8 +79,11 @@ def alignpipe_pipeline(
     if any(p.spec.uses_gpu and p.will_run for p in plan):
         ensure_gpu_limit(cfg.orchestration.gpu_concurrency_limit)
     tracker = PipelineTracker(cfg, flow_run_id=flow_run.id, entrypoint="flow")
-    result = run_pipeline(cfg, plan=plan, tracker=tracker, dispatcher=PrefectTasks(cfg.orchestration.retries))
-    return summarize(result, tracker, cfg.preset)
+    orch = cfg.orchestration
+    result = run_pipeline(cfg, plan=plan, tracker=tracker, dispatcher=PrefectTasks(orch.retries, orch.retry_delay_s))
+    summary = summarize(result, tracker, cfg.preset)
+    artifacts.publish(summary)
+    return summary
 
 
 def run_flow(cfg: PipelineConfig, plan: Plan, targets=None, rerun=()) -> dict[str, Any]:

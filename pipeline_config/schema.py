@@ -214,6 +214,7 @@ class OrchestrationConfig(Strict):
     gpu_concurrency_limit: int = Field(1, ge=1)
     # Prefect task retries per stage, where a retry is safe (e.g. {evaluate: 2} against a flaky judge)
     retries: dict[StageName, Annotated[int, Field(ge=0, le=10)]] = {}
+    retry_delay_s: float = Field(10.0, ge=0)
 
 
 class TrackingConfig(Strict):

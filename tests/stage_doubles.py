@@ -79,12 +79,16 @@ def _meet(ctx: StageContext, name: str, others: Collection[str], timeout_s: floa
 
 
 def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig], fail: Collection[str], artifacts=(), uses_gpu=False,
-                meet: Collection[str] = ()):  # fmt: skip
+                meet: Collection[str] = (), flaky: Collection[str] = ()):  # fmt: skip
     def run(ctx: StageContext) -> dict[str, float]:
         _record_call(ctx, name)
         inputs = _read_inputs(ctx)
         if name in meet:
             _meet(ctx, name, set(meet) - {name})
+        flaked = Path(ctx.config.run_dir) / f"flaked-{name}"
+        if name in flaky and not flaked.exists():
+            flaked.touch()
+            raise RuntimeError(f"{name} failed once, as flaky endpoints do")
         if name in fail:
             (ctx.out_dir / "partial.bin").write_bytes(b"half-written")
             raise RuntimeError(f"{name} exploded on purpose")
@@ -95,7 +99,8 @@ def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig],
                 ctx.sink.log_metrics({"train/loss": 1.0 / (step + 1)}, step)
             metrics["beta_seen"] = ctx.config.dpo.beta
         if name == "evaluate":
-            (ctx.out_dir / "win_rates.json").write_text(json.dumps({"0.0": 0.6}))
+            row = {"temperature": 0.0, "baseline": "sft", "win_rate": 0.6, "stderr": 0.1, "n_valid": 10, "n_invalid": 0}
+            (ctx.out_dir / "win_rates.json").write_text(json.dumps([row]))
             metrics["win_rate"] = 0.6
         if name == "report":
             (ctx.out_dir / "report.md").write_text("# report\n")
@@ -105,16 +110,17 @@ def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig],
     return StageSpec(name=name, upstream=upstream, config=config, run=run, artifacts=tuple(artifacts), uses_gpu=uses_gpu)
 
 
-def make_specs(fail: Collection[str] = (), meet: Collection[str] = ()) -> list[StageSpec]:
+def make_specs(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> list[StageSpec]:
     """The fake pipeline; stages named in `fail` raise after writing part of their output, stages
-    named in `meet` wait for each other (they fail unless they run at the same time)."""
+    named in `meet` wait for each other (they fail unless they run at the same time), stages named
+    in `flaky` fail on their first attempt in a run_dir only."""
     return [
         _make_stage("sft", (), SFTFake, fail, uses_gpu=True),
         _make_stage("pairs", ("sft",), PairsFake, fail, uses_gpu=True),
         _make_stage("reference", ("sft", "pairs"), ReferenceFake, fail, uses_gpu=True),
         _make_stage("dpo", ("sft", "reference"), DPOFake, fail, uses_gpu=True),
-        _make_stage("evaluate", ("sft", "dpo"), EvaluateFake, fail, artifacts=("win_rates.json",), meet=meet),
-        _make_stage("ood", ("dpo",), OODFake, fail, meet=meet),
+        _make_stage("evaluate", ("sft", "dpo"), EvaluateFake, fail, artifacts=("win_rates.json",), meet=meet, flaky=flaky),
+        _make_stage("ood", ("dpo",), OODFake, fail, meet=meet, flaky=flaky),
         _make_stage("report", ("evaluate", "ood"), ReportFake, fail, artifacts=("report.md",)),
     ]
 
@@ -123,13 +129,13 @@ SPECS = make_specs()
 ORDER = [s.name for s in SPECS]
 
 
-def catalog(fail: Collection[str] = (), meet: Collection[str] = ()) -> StageCatalog:
-    return StageCatalog.of(make_specs(fail, meet))
+def catalog(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> StageCatalog:
+    return StageCatalog.of(make_specs(fail, meet, flaky))
 
 
-def use_doubles(monkeypatch: pytest.MonkeyPatch, fail: Collection[str] = (), meet: Collection[str] = ()) -> None:
+def use_doubles(monkeypatch: pytest.MonkeyPatch, fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> None:
     """Make the default catalog (what the CLI and the flow plan with) the doubles."""
-    monkeypatch.setattr(StageCatalog, "default", classmethod(lambda cls: catalog(fail, meet)))
+    monkeypatch.setattr(StageCatalog, "default", classmethod(lambda cls: catalog(fail, meet, flaky)))
 
 
 def calls(cfg: PipelineConfig) -> list[str]:

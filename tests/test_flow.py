@@ -34,6 +34,14 @@ def _task_runs(flow_run_id: str, expected: int) -> list:
             time.sleep(0.5)
 
 
+def _artifacts(flow_run_id: str) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+
 def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_prefect, monkeypatch, capfd):
     from mlflow.tracking import MlflowClient
     from typer.testing import CliRunner
@@ -49,15 +57,17 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
                 "preset": "flowtest",
                 "run_dir": str(tmp_path / "run"),
                 "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                "orchestration": {"retries": {"evaluate": 1}, "retry_delay_s": 0},
             }
         )
     )
     cfg = load_config(path=config)
-    use_doubles(monkeypatch, meet={"evaluate", "ood"})  # they fail unless they run concurrently
+    # evaluate and ood fail unless they run concurrently; evaluate fails its first attempt (retried once)
+    use_doubles(monkeypatch, meet={"evaluate", "ood"}, flaky={"evaluate"})
 
     summary = alignpipe_pipeline(config=cfg.model_dump(mode="json"))
     assert summary["executed"] == ORDER and summary["reused"] == []
-    assert calls(cfg)[:4] == ORDER[:4] and sorted(calls(cfg)[4:6]) == ["evaluate", "ood"] and calls(cfg)[6] == "report"
+    assert calls(cfg)[:4] == ORDER[:4] and sorted(calls(cfg)[4:7]) == ["evaluate", "evaluate", "ood"] and calls(cfg)[7] == "report"
     assert summary["report"] == str(Path(summary["run_dir"]) / "store" / "report" / summary["stages"][-1]["key"][:16] / "report.md")
     flow_run_id = summary["prefect_flow_run_id"]
     assert flow_run_id
@@ -68,6 +78,16 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
     assert parent.data.tags["prefect_flow_run_id"] == flow_run_id
     assert parent.data.tags["pipeline"] == "flowtest"
     assert parent.info.status == "FINISHED"
+    attempts = mlflow.search_runs([parent.info.experiment_id], filter_string="tags.stage = 'evaluate'")
+    assert sorted(r.info.status for r in attempts) == ["FAILED", "FINISHED"]  # the failed attempt, then the retry
+
+    # Prefect artifacts: the report, the win-rate table, the link to the MLflow parent run.
+    artifacts = _artifacts(flow_run_id)
+    assert {a.key: a.type for a in artifacts} == {"flowtest-report": "markdown", "flowtest-win-rates": "table", "flowtest-mlflow-run": "markdown"}
+    by_key = {a.key: a for a in artifacts}
+    assert by_key["flowtest-report"].data == "# report\n"
+    assert '"win_rate": 0.6' in str(by_key["flowtest-win-rates"].data).replace("'", '"')
+    assert f"/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in by_key["flowtest-mlflow-run"].data
 
     # Prefect: one task run per stage, GPU stages tagged, the GPU concurrency limit in place.
     task_runs = _task_runs(flow_run_id, len(ORDER))
@@ -88,7 +108,7 @@ def test_pipeline_flow_runs_stages_as_tasks_and_reuses_them(tmp_path, ephemeral_
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 0, result.output
     first_keys = {s["name"]: s["key"][:12] for s in summary["stages"]}
-    assert len(calls(cfg)) == len(ORDER), f"first run's keys {first_keys}; second run:\n{result.output}"
+    assert len(calls(cfg)) == len(ORDER) + 1, f"first run's keys {first_keys}; second run:\n{result.output}"
     assert "0 ran, 7 reused" in result.output
     rows = [line for line in result.output.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() in ORDER]
     assert len(rows) == len(ORDER) and all(row.split("│")[2].strip() == "yes" for row in rows)
