@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from alignpipe import mlflow_lineage as lineage
 from pipeline_config.schema import PipelineConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +45,8 @@ MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 
 REDACTED = "[redacted]"
+TRAINING_STAGES = frozenset({"sft", "dpo"})  # their runs record system metrics
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Config keys whose values are never logged. Matched against the last dotted segment; "token"
 # must be a whole word so max_new_tokens / prefix_tokens are still logged.
 _SECRET_KEY = re.compile(
@@ -236,7 +239,10 @@ def open_client(cfg: PipelineConfig):
 
 
 def ensure_experiment(client, cfg: PipelineConfig) -> str:
-    """The experiment's id, creating it (artifacts under <run_dir>/mlartifacts for local stores)."""
+    """The experiment's id, creating it (artifacts under <run_dir>/mlartifacts for local stores).
+
+    It is tagged as a model-training experiment: MLflow 3 opens an untagged one on its GenAI
+    traces page instead of its runs."""
     from mlflow.exceptions import MlflowException
 
     name = cfg.tracking.experiment
@@ -246,10 +252,12 @@ def ensure_experiment(client, cfg: PipelineConfig) -> str:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 raise ValueError(f"tracking.experiment: '{name}' is deleted in {redact_uri(uri)}; restore or rename it")
+            if EXPERIMENT_KIND_TAG not in exp.tags:
+                retrying(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         location = artifact_root(cfg) if _is_local_store(uri) else None
         try:
-            return retrying(client.create_experiment, name, artifact_location=location)
+            return retrying(client.create_experiment, name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created concurrently by a process on another lock domain
             exp = retrying(client.get_experiment_by_name, name)
             if exp is None:
@@ -376,6 +384,19 @@ class StageRun:
         prefixed = {f"{outcome.name}/{k}": v for k, v in outcome.metrics.items()}
         _log_batch(client, self.tracker.run_id, metrics=_metrics(prefixed))
         self._log_artifacts(outcome.out_dir)
+        lineage.log_datasets(client, self.run_id, outcome.out_dir)
+        if lineage.has_model(outcome.out_dir):
+            self._log_model(outcome)
+
+    def _log_model(self, outcome: "StageOutcome") -> None:
+        """The model as an MLflow model, once per output: a reuse points at the run that logged it."""
+        tracker = self.tracker
+        earlier = None if not outcome.cached else lineage.earlier_model_run(tracker.client, tracker.experiment_id, outcome.key)
+        if earlier is not None:
+            _log_batch(tracker.client, self.run_id, tags=_tags({lineage.MODEL_RUN_TAG: earlier}))
+            return
+        name = tracker.cfg.tracking.register_model
+        lineage.log_model(tracker.tracking_uri, self.run_id, tracker.run_id, outcome.out_dir, f"{name}-{outcome.name}" if name else None)
 
     def _log_artifacts(self, out_dir: Path) -> None:
         secrets = secret_env_values()
@@ -499,6 +520,8 @@ class PipelineTracker:
         )
         handle = StageRun(self, planned, run.info.run_id)
         _log_batch(self.client, handle.run_id, params=_params(flatten_params(planned.config_json())))
+        training = planned.name in TRAINING_STAGES and planned.will_run
+        monitor = lineage.system_metrics_monitor(handle.run_id, self.tracking_uri) if training else None
         try:
             yield handle
         except BaseException as e:
@@ -506,6 +529,9 @@ class PipelineTracker:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             retrying(self.client.set_terminated, handle.run_id, status)
             raise
+        finally:
+            if monitor is not None:
+                monitor.finish()
         retrying(self.client.set_terminated, handle.run_id, "FINISHED")
 
 

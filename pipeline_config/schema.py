@@ -220,6 +220,8 @@ class OrchestrationConfig(Strict):
 class TrackingConfig(Strict):
     tracking_uri: Optional[str] = None  # else MLFLOW_TRACKING_URI, else sqlite under run_dir
     experiment: str = "alignpipe"
+    # register each trained model in the MLflow model registry as <register_model>-sft / -dpo
+    register_model: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class PipelineConfig(Strict):

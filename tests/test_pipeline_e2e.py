@@ -16,13 +16,15 @@ from tiny_pipeline import tiny_pipeline_config
 pytestmark = pytest.mark.slow
 
 
-def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefect):
+def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefect, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    import alignpipe.mlflow_lineage as lineage
     from flows.pipeline import alignpipe_pipeline
     from pipeline_config import load_config
 
-    config = tiny_pipeline_config(tmp_path, tiny_model_dir)
+    monkeypatch.setattr(lineage, "SYSTEM_METRICS_INTERVAL_S", 0.5)  # the tiny stages take seconds, not minutes
+    config = tiny_pipeline_config(tmp_path, tiny_model_dir, tracking={"register_model": "tiny"})
     params = load_config(path=config).model_dump(mode="json")
     first = alignpipe_pipeline(config=params)
     assert first["executed"] == ALL and first["reused"] == []
@@ -57,3 +59,26 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert "evaluate/win_rate/sft/t1" in last.data.metrics  # headline metrics even when reused
     reused = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{third['mlflow_run_id']}'")
     assert {r.data.tags["stage"]: r.data.tags["cached"] for r in reused}["sft"] == "true"
+
+
+    # MLflow as its users expect it: a model-training experiment, datasets as run inputs, the
+    # trained models logged (once per output) and registered, system metrics on training stages.
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    by_stage = {r.data.tags["stage"]: r for r in children}
+    inputs = {stage: [(d.dataset.name, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] for stage, run in by_stage.items()}
+    assert inputs["sft"] == [("sft-examples", ["training"])] and inputs["pairs"] == [("preference-pairs", ["training"])]
+    assert inputs["evaluate"] == [("eval-prompts", ["evaluation"])] and inputs["ood"] == [("ood-prompts", ["evaluation"])]
+    sft_input = by_stage["sft"].inputs.dataset_inputs[0].dataset
+    assert sft_input.source.endswith(".jsonl") and len(sft_input.digest) > 8
+    import mlflow as mlflow_api
+
+    mlflow_api.set_tracking_uri(first["tracking_uri"])
+    logged = mlflow_api.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
+    third_dpo = next(r for r in reused if r.data.tags["stage"] == "dpo")
+    assert sorted(m.source_run_id for m in logged) == sorted([by_stage["sft"].info.run_id, by_stage["dpo"].info.run_id, third_dpo.info.run_id])
+    assert {m.name for m in mlflow.search_registered_models()} == {"tiny-sft", "tiny-dpo"}
+    assert any(k.startswith("system/") for k in by_stage["sft"].data.metrics)
+    assert not any(k.startswith("system/") for k in by_stage["report"].data.metrics)
+    sft_reused = next(r for r in reused if r.data.tags["stage"] == "sft")
+    assert sft_reused.data.tags["alignpipe.model_run"] == by_stage["sft"].info.run_id  # not logged a second time

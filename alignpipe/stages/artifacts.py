@@ -4,6 +4,7 @@
     reference/  reference.safetensors  token ids of every kept pair + reference log-probs
     sft/, dpo/  model/                 a from_pretrained directory (see stages.common)
                 history.jsonl          one line per optimizer step
+    any         datasets.json          the datasets the stage read: name, content digest, source
     evaluate/,  samples.jsonl, verdicts.parquet, win_rates.json, reward_kl.json, metrics.json
     ood/
 """
@@ -19,6 +20,8 @@ import torch
 from alignpipe.tokenization import TokenizedPair
 
 PAIRS_FILE = "pairs.parquet"
+MODEL_DIR = "model"
+DATASETS_FILE = "datasets.json"
 REFERENCE_FILE = "reference.safetensors"
 HISTORY_FILE = "history.jsonl"
 EVAL_FILES = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json")
@@ -133,3 +136,36 @@ def read_eval_tables(stage_dir: Path) -> dict[str, Any]:
 def read_manifest(stage_dir: Path) -> Optional[dict[str, Any]]:
     """The store's manifest of an upstream output (what it was computed from, when, how long)."""
     return read_json(stage_dir / "manifest.json")
+
+
+# -- datasets a stage read (logged as MLflow run inputs) -------------------------------------
+def content_digest(obj: Any) -> str:
+    """sha256 of a JSON-able value in canonical form (sorted keys)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dataset_record(name: str, digest: str, source: str, rows: int, context: str, source_type: str = "local") -> dict[str, Any]:
+    """context: "training" or "evaluation"; source_type: "local", "hub" or "stage" (made by a stage)."""
+    return {"name": name, "digest": digest, "source": source, "source_type": source_type, "rows": rows, "context": context}
+
+
+def write_datasets(out_dir: Path, records: list[dict[str, Any]]) -> Path:
+    path = out_dir / DATASETS_FILE
+    path.write_text(json.dumps(records, indent=2))
+    return path
+
+
+def read_datasets(stage_dir: Path) -> list[dict[str, Any]]:
+    return read_json(stage_dir / DATASETS_FILE, [])

@@ -9,12 +9,12 @@ from typing import Optional
 import torch
 
 from alignpipe.models import default_device, load_causal_lm, load_tokenizer, resolve_dtype
-from alignpipe.stages.artifacts import HISTORY_FILE, write_jsonl
+from alignpipe.stages.artifacts import HISTORY_FILE, MODEL_DIR, write_jsonl
 from alignpipe.stages.base import MetricsSink
 from alignpipe.train.sharding import unsharded_copy
 from pipeline_config.schema import LoraConfig
 
-MODEL_SUBDIR = "model"
+
 
 
 def is_main_process() -> bool:
@@ -24,7 +24,7 @@ def is_main_process() -> bool:
 def load_stage_model(stage_dir: Path, dtype: str, device: Optional[torch.device] = None):
     """(model, tokenizer) saved by an upstream training stage, on the right device and dtype (model.dtype)."""
     device = device or default_device()
-    path = stage_dir / MODEL_SUBDIR
+    path = stage_dir / MODEL_DIR
     model = load_causal_lm(path, dtype=resolve_dtype(dtype, device)).to(device).eval()
     return model, load_tokenizer(path)
 
@@ -33,7 +33,7 @@ def load_trainable(stage_dir: Path, device: Optional[torch.device] = None):
     """fp32 weights, as training keeps them (the loop's autocast runs bf16 compute on GPU); also
     what the reference log-probs are computed from, so that they match the policy at step 0."""
     device = device or default_device()
-    path = stage_dir / MODEL_SUBDIR
+    path = stage_dir / MODEL_DIR
     return load_causal_lm(path, dtype=torch.float32).to(device), load_tokenizer(path)
 
 
@@ -53,7 +53,7 @@ def save_model(model, tokenizer, out_dir: Path) -> Path:
     """A `from_pretrained`-loadable directory; LoRA adapters are merged so downstream loads one model."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    path = out_dir / MODEL_SUBDIR
+    path = out_dir / MODEL_DIR
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

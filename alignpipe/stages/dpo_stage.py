@@ -7,7 +7,7 @@ import torch
 
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
 from alignpipe.dpo.scoring import pair_collator, resolve_prefix_sharing
-from alignpipe.stages.artifacts import read_reference
+from alignpipe.stages.artifacts import REFERENCE_FILE, dataset_record, file_digest, read_reference, write_datasets
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, load_trainable, publish_training
 from alignpipe.train.loop import train
@@ -53,6 +53,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         "prefix_sharing": float(sharing == "on"),
     }
     publish_training(ctx.out_dir, model, tok, result.history, metrics)
+    tokens = ctx.inputs["reference"] / REFERENCE_FILE
+    write_datasets(ctx.out_dir, [dataset_record("preference-pairs-tokenized", file_digest(tokens), str(tokens), len(items), "training", "stage")])
     return metrics
 
 

@@ -15,7 +15,8 @@ from alignpipe.judge import make_judge
 from alignpipe.kl import sequence_kl
 from alignpipe.report import PAPER_TABLE1
 from alignpipe.rewards import scored_text
-from alignpipe.stages.artifacts import EVAL_FILES, write_eval_tables
+from alignpipe.data.provenance import source_of, task_dataset
+from alignpipe.stages.artifacts import EVAL_FILES, content_digest, dataset_record, write_datasets, write_eval_tables
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_stage_model
 from pipeline_config.schema import DataConfig, EvaluateConfig, EvaluationConfig, OODConfig
@@ -68,11 +69,12 @@ def run(ctx: StageContext) -> dict[str, float]:
     policy, tok = load_stage_model(ctx.inputs["dpo"], config.dtype)
     sft, _ = load_stage_model(ctx.inputs["sft"], config.dtype)
     judge = protocol.judge
+    prompts = config.prompts()
     tables = evaluate_policy(
         policy=policy,
         sft=sft,
         tokenizer=tok,
-        prompts=config.prompts(),
+        prompts=prompts,
         temperatures=protocol.temperatures,
         baselines=protocol.baselines,
         generation=protocol.generation,
@@ -92,6 +94,9 @@ def run(ctx: StageContext) -> dict[str, float]:
                     row[f"paper_{method.lower()}"] = by_t[row["temperature"]]
     metrics = tables.metrics()
     write_eval_tables(ctx.out_dir, tables, metrics)
+    name = "eval-prompts" if isinstance(config, EvaluateSlice) else "ood-prompts"
+    source, kind = source_of(config.data, task_dataset(config.data) if isinstance(config, EvaluateSlice) else "cnn_dailymail")
+    write_datasets(ctx.out_dir, [dataset_record(name, content_digest(prompts), source, len(prompts), "evaluation", kind)])
     return metrics
 
 

@@ -9,7 +9,8 @@ from alignpipe.data import generation_prompts, human_pairs
 from alignpipe.generate import generate
 from alignpipe.pairs import PairStats, pairs_from_scores
 from alignpipe.rewards import scored_text
-from alignpipe.stages.artifacts import write_jsonl, write_pairs
+from alignpipe.data.provenance import PAIRS_SOURCE, source_of
+from alignpipe.stages.artifacts import dataset_record, file_digest, write_datasets, write_jsonl, write_pairs
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_stage_model
 from pipeline_config.schema import DataConfig, PairsConfig
@@ -107,7 +108,12 @@ def run(ctx: StageContext) -> dict[str, float]:
         raise ValueError(f"pairs: no preference pairs were produced ({stats.ties} ties); check pairs.min_margin and pairs.labeler")
     for r in rows:
         r["source"] = source if source == "human" else f"sampled/{config.pairs.labeler}"
-    write_pairs(ctx.out_dir, rows)
+    path = write_pairs(ctx.out_dir, rows)
+    if source == "human":
+        where, kind = source_of(config.data, PAIRS_SOURCE.get(config.data.task, "local"))
+    else:
+        where, kind = f"sampled from the SFT model, labelled by {config.pairs.labeler}", "stage"
+    write_datasets(ctx.out_dir, [dataset_record("preference-pairs", file_digest(path), where, len(rows), "training", kind)])
     if samples:
         write_jsonl(ctx.out_dir / "samples.jsonl", samples)
     metrics = {**stats.as_metrics(), **extra}

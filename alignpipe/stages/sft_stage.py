@@ -7,8 +7,10 @@ from typing import Annotated
 import torch
 
 from alignpipe.data import describe_source, sft_examples
+from alignpipe.data.provenance import source_of, task_dataset
 from alignpipe.models import default_device, load_base_model
 from alignpipe.sft import SFTObjective, evaluate_nll
+from alignpipe.stages.artifacts import content_digest, dataset_record, write_datasets
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, publish_training
 from alignpipe.tokenization import as_chat, tokenize_examples
@@ -36,7 +38,8 @@ def run(ctx: StageContext) -> dict[str, float]:
     mcfg, scfg = config.model, config.sft
     model, tok = load_base_model(mcfg.name_or_path, mcfg.gguf_file, mcfg.offline_fallback)
     model = model.to(default_device())
-    records = [{**r, "prompt": as_chat(r["prompt"], mcfg.chat_template)} for r in sft_examples(config.data, config.data.sft_size)]
+    raw = sft_examples(config.data, config.data.sft_size)
+    records = [{**r, "prompt": as_chat(r["prompt"], mcfg.chat_template)} for r in raw]
     random.Random(scfg.seed).shuffle(records)
     n_eval = int(len(records) * scfg.eval_fraction)
     examples, stats = tokenize_examples(tok, records[n_eval:], max_length=scfg.max_length, max_prompt_length=scfg.max_prompt_length)
@@ -67,6 +70,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         **stats.as_metrics("data"),
     }
     publish_training(ctx.out_dir, model, tok, result.history, metrics)
+    source, kind = source_of(config.data, task_dataset(config.data))
+    write_datasets(ctx.out_dir, [dataset_record("sft-examples", content_digest(raw), source, len(raw), "training", kind)])
     return metrics
 
 
