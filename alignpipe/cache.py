@@ -119,6 +119,7 @@ class Manifest:
     host: str = ""  # where it was built (a work-pool worker, a GPU box...)
     pid: int = 0
     code_modules: tuple[str, ...] = ()  # the modules the code fingerprint covers
+    origin: dict[str, str] = field(default_factory=dict)  # who ran it, e.g. the Prefect flow run and work pool
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +136,7 @@ class Manifest:
             "host": self.host,
             "pid": self.pid,
             "code_modules": list(self.code_modules),
+            "origin": self.origin,
             "files": [{"path": f.path, "size": f.size} for f in self.files],
         }
 
@@ -155,6 +157,7 @@ class Manifest:
             host=data.get("host", ""),
             pid=int(data.get("pid", 0)),
             code_modules=tuple(data.get("code_modules", ())),
+            origin=dict(data.get("origin", {})),
         )
 
 
@@ -287,6 +290,7 @@ class StageStore:
         upstream: Mapping[str, str],
         compute: Compute,
         code_modules: tuple[str, ...] = (),
+        origin: Optional[Mapping[str, str]] = None,
         force: bool = False,
         on_wait: Optional[Callable[[], None]] = None,
     ) -> BuildResult:
@@ -327,6 +331,7 @@ class StageStore:
                     host=socket.gethostname(),
                     pid=os.getpid(),
                     code_modules=tuple(code_modules),
+                    origin=dict(origin or {}),
                 )
                 _write_json_atomic(tmp / MANIFEST, manifest.to_dict())  # last file written
                 kept = self._publish(stage, key, tmp, replace=force)

@@ -257,16 +257,46 @@ def schedule(
         _out().print(sched.deploy_command(when, work_pool, params, name), markup=False, highlight=False, soft_wrap=True)
         _out().print(f"then start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
         return
+    _deploy_to_pools(cfg, work_pool, when, params, name, every)
+
+
+def _deploy_to_pools(cfg: PipelineConfig, work_pool: str, when: dict, params: dict, name: str, every: str) -> None:
+    """The pipeline deployment in `work_pool`, and a stage deployment in every pool a stage maps to."""
+    from flows import schedule as sched
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
     if not api:
-        _fail("--apply: no Prefect server configured; set PREFECT_API_URL (a work pool needs a running server)")
-    if not sched.work_pool_exists(work_pool):
-        _fail(f"--work-pool {work_pool}: no such work pool on {api} (create it: prefect work-pool create {shlex.quote(work_pool)} --type process)")
+        _fail(f"--work-pool {work_pool}: no Prefect server configured; set PREFECT_API_URL (a work pool needs a running server)")
+    for pool in sorted({work_pool, *sched.mapped_pools(cfg)}):
+        if not sched.work_pool_exists(pool):
+            which = "--work-pool" if pool == work_pool else "orchestration.work_pools"
+            _fail(f"{which} {pool}: no such work pool on {api} (create it: prefect work-pool create {shlex.quote(pool)} --type process)")
     deployment_id = sched.deploy(when, work_pool, params, name)
     _out().print(f"deployment {name} created ({deployment_id}) in pool {work_pool}, {every}", highlight=False)
-    _out().print(f"start a worker: prefect worker start --pool {shlex.quote(work_pool)}", highlight=False)
+    for pool in sched.mapped_pools(cfg):
+        sched.deploy_stage_runner(pool)
+        stages = ", ".join(s for s, p in cfg.orchestration.work_pools.items() if p == pool)
+        _out().print(f"deployment alignpipe-stage/{pool} created: runs {stages} on pool {pool}", highlight=False)
+    for pool in sorted({work_pool, *sched.mapped_pools(cfg)}):
+        _out().print(f"start a worker: prefect worker start --pool {shlex.quote(pool)}", highlight=False)
+
+
+@app.command()
+def deploy(
+    work_pool: str = typer.Option(..., "--work-pool", help="The Prefect work pool the pipeline flow runs on."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+    name: str = typer.Option("alignpipe", "--name", help="Deployment name."),
+) -> None:
+    """Create the pipeline deployment (run it with `prefect deployment run alignpipe-pipeline/NAME`)
+    and the stage deployments of orchestration.work_pools. Needs PREFECT_API_URL."""
+    from flows import schedule as sched
+
+    cfg = _config(preset, config, set_)
+    _plan(cfg, None, [])
+    _deploy_to_pools(cfg, work_pool, {}, sched.flow_parameters(cfg), name, "run on demand")
 
 
 def _run_row_metrics(runs: list, metric: list[str]) -> list[str]:

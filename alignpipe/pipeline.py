@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequenc
 from rich.console import Console
 from rich.text import Text
 
-from alignpipe.cache import StageStore, library_versions, version_drift
+from alignpipe.cache import Manifest, StageStore, library_versions, version_drift
 from alignpipe.launcher import AccelerateLauncher
 from alignpipe.plan import Plan, PipelineError, PlannedStage, StageCatalog, plan_pipeline
 from alignpipe.stages.base import MetricsSink, NullSink, StageContext
@@ -130,8 +130,10 @@ def run_stage(
     sink: Optional[MetricsSink] = None,
     launcher: Optional[AccelerateLauncher] = None,
     say: Callable[[str], None] = print,
+    origin: Optional[Mapping[str, str]] = None,
 ) -> StageOutcome:
-    """Reuse the stage's output if its key is in the store (unless forced), else compute it."""
+    """Reuse the stage's output if its key is in the store (unless forced), else compute it.
+    `origin` says who computed it (a work pool's flow run, say), for the manifest."""
     spec = planned.spec
     sink = sink or NullSink()
     inputs = upstream_dirs(planned, store)
@@ -147,6 +149,7 @@ def run_stage(
         built = store.build(
             spec.name, planned.key, code=planned.code, config=planned.config_json(), inputs=planned.inputs,
             upstream=planned.upstream_keys, compute=compute, force=planned.forced, code_modules=planned.code_modules,
+            origin=origin,
         )  # fmt: skip
     except Exception as e:
         failure = StageFailed.from_error(spec.name, e)
@@ -158,16 +161,22 @@ def run_stage(
         drift = version_drift(built.manifest.libraries, library_versions())
         if drift:
             say(f"{spec.name}: reusing an output built with other library versions ({', '.join(drift)})")
+    return outcome_of(planned, built.out_dir, built.manifest, cached=built.cached, seconds=time.perf_counter() - started)
+
+
+def outcome_of(planned: PlannedStage, out_dir: Path, manifest: Manifest, *, cached: bool, seconds: float) -> StageOutcome:
     return StageOutcome(
-        name=spec.name,
-        key=planned.key,
-        out_dir=built.out_dir,
-        cached=built.cached,
-        seconds=time.perf_counter() - started,
-        metrics=dict(built.manifest.metrics),
-        host=built.manifest.host,
-        pid=built.manifest.pid,
-    )
+        name=planned.name, key=planned.key, out_dir=out_dir, cached=cached, seconds=seconds,
+        metrics=dict(manifest.metrics), host=manifest.host, pid=manifest.pid,
+    )  # fmt: skip
+
+
+def published_outcome(planned: PlannedStage, store: StageStore, seconds: float) -> StageOutcome:
+    """The outcome of a stage another process published (a work pool's run of it)."""
+    manifest = store.lookup(planned.name, planned.key)
+    if manifest is None:
+        raise StageFailed(planned.name, f"its run elsewhere finished but published no output for key {planned.key[:16]}")
+    return outcome_of(planned, store.output_dir(planned.name, planned.key), manifest, cached=False, seconds=seconds)
 
 
 # ----------------------------------------------------------------------------------------
@@ -216,6 +225,15 @@ class NullTracker:
 
 
 Execute = Callable[[PlannedStage], StageOutcome]
+
+
+class Elsewhere(Protocol):
+    """Where stages run outside this process as whole stages (a Prefect work pool's deployment):
+    the other side plans, locks, computes, publishes and records its own nested tracking run."""
+
+    def handles(self, planned: PlannedStage) -> bool: ...
+
+    def run(self, planned: PlannedStage, parent_run_id: Optional[str]) -> StageOutcome: ...
 
 
 class Dispatcher(Protocol):
@@ -280,8 +298,10 @@ def run_pipeline(
     dispatcher: Optional[Dispatcher] = None,
     reporter: Optional[ConsoleReporter] = None,
     catalog: Optional[StageCatalog] = None,
+    elsewhere: Optional[Elsewhere] = None,
 ) -> PipelineResult:
-    """Plan (unless given a plan), then run or reuse every planned stage inside its tracking run."""
+    """Plan (unless given a plan), then run or reuse every planned stage inside its tracking run.
+    Stages `elsewhere` handles (and that have something to compute) run there instead."""
     launcher = launcher_for(cfg)
     plan = plan or plan_pipeline(cfg, targets, rerun, catalog=catalog)
     tracker = tracker or NullTracker()
@@ -291,9 +311,12 @@ def run_pipeline(
     def execute(planned: PlannedStage) -> StageOutcome:
         reporter.started(planned)
         try:
-            with tracker.stage(planned) as run:
-                outcome = run_stage(planned, plan.store, sink=run.sink, launcher=launcher, say=reporter.say)
-                run.record(outcome)
+            if elsewhere is not None and planned.will_run and elsewhere.handles(planned):
+                outcome = elsewhere.run(planned, tracker.summary().get("mlflow_run_id"))
+            else:
+                with tracker.stage(planned) as run:
+                    outcome = run_stage(planned, plan.store, sink=run.sink, launcher=launcher, say=reporter.say)
+                    run.record(outcome)
         except BaseException as e:
             reporter.failed(planned, e)
             raise

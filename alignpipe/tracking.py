@@ -424,15 +424,19 @@ class PipelineTracker:
         flow_run_id: Optional[str] = None,
         entrypoint: str = "run",
         run_name: Optional[str] = None,
+        parent_run_id: Optional[str] = None,
     ):
+        """parent_run_id: attach to a pipeline run opened elsewhere (a stage on a work pool records
+        its nested run under the pipeline's parent) instead of opening and closing a parent here."""
         self.cfg = cfg
+        self.attached = parent_run_id is not None
         self.flow_run_id = flow_run_id
         self.entrypoint = entrypoint
         self.run_name = run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.tracking_uri = resolve_tracking_uri(cfg)
         self.client = None
         self.experiment_id: Optional[str] = None
-        self.run_id: Optional[str] = None
+        self.run_id: Optional[str] = parent_run_id
 
     # -- parent run ------------------------------------------------------------------------
     @contextmanager
@@ -442,6 +446,9 @@ class PipelineTracker:
 
     def __enter__(self) -> "PipelineTracker":
         self.client = open_client(self.cfg)
+        if self.attached:
+            self.experiment_id = retrying(self.client.get_run, self.run_id).info.experiment_id
+            return self
         self.experiment_id = ensure_experiment(self.client, self.cfg)
         mark_orphans_killed(self.client, self.experiment_id)
         tags = {
@@ -460,7 +467,7 @@ class PipelineTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.run_id is None:
+        if self.run_id is None or self.attached:
             return
         if exc_type is None:
             status = "FINISHED"
@@ -472,6 +479,8 @@ class PipelineTracker:
         retrying(self.client.set_terminated, self.run_id, status)
 
     def record_pipeline(self, result: "PipelineResult") -> None:
+        if self.attached:
+            return
         _log_batch(
             self.client,
             self.run_id,

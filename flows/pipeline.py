@@ -21,6 +21,7 @@ from alignpipe.tracking import PipelineTracker
 from pipeline_config import PipelineConfig
 from tasks import artifacts, quiet_failures
 from tasks.stages import PrefectTasks, ensure_gpu_limit
+from tasks.workpools import WorkPools, check_deployments
 
 MAX_CONCURRENT_STAGES = 4  # evaluate + ood, or the members of a sweep; GPU stages still share the GPU limit
 
@@ -80,7 +81,12 @@ def alignpipe_pipeline(
         ensure_gpu_limit(cfg.orchestration.gpu_concurrency_limit)
     tracker = PipelineTracker(cfg, flow_run_id=flow_run.id, entrypoint="flow")
     orch = cfg.orchestration
-    result = run_pipeline(cfg, plan=plan, tracker=tracker, dispatcher=PrefectTasks(orch.retries, orch.retry_delay_s))
+    elsewhere = None
+    if orch.work_pools:
+        check_deployments(plan, orch.work_pools)
+        elsewhere = WorkPools(orch.work_pools, cfg.model_dump(mode="json"), plan)
+    dispatcher = PrefectTasks(orch.retries, orch.retry_delay_s, remote=frozenset(orch.work_pools))
+    result = run_pipeline(cfg, plan=plan, tracker=tracker, dispatcher=dispatcher, elsewhere=elsewhere)
     summary = summarize(result, tracker, cfg.preset)
     artifacts.publish(summary)
     return summary

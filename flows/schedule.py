@@ -1,4 +1,5 @@
-"""Scheduled pipeline runs: serve a cron or interval deployment from this process, or deploy to a work pool.
+"""Deployments: scheduled pipeline runs served from this process, or deployed to work pools, and the
+per-pool stage deployments that run mapped stages (orchestration.work_pools).
 
 `serve` needs no infrastructure beyond a Prefect API (it starts the ephemeral one if none is
 configured) but runs only while the process lives: the server's scheduler creates the runs and
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/pipeline.py:alignpipe_pipeline"
+STAGE_ENTRYPOINT = "flows/stage.py:alignpipe_stage"
 DEFAULT_DEPLOYMENT = "alignpipe-nightly"
 
 
@@ -74,8 +76,21 @@ def work_pool_exists(name: str) -> bool:
 
 
 def deploy(when: dict[str, Any], work_pool: str, parameters: dict[str, Any], name: str = DEFAULT_DEPLOYMENT) -> Any:
-    """Create the deployment in a work pool now (a worker loads the code from this checkout)."""
+    """Create the pipeline deployment in a work pool now (a worker loads the code from this
+    checkout); `when` empty: runs only when triggered."""
     from prefect import flow
 
     remote = flow.from_source(source=str(REPO_ROOT), entrypoint=ENTRYPOINT)
     return remote.deploy(name=name, work_pool_name=work_pool, parameters=parameters, build=False, push=False, **when)
+
+
+def deploy_stage_runner(work_pool: str) -> Any:
+    """The deployment `alignpipe-stage/<pool>` that runs mapped stages on that pool."""
+    from prefect import flow
+
+    remote = flow.from_source(source=str(REPO_ROOT), entrypoint=STAGE_ENTRYPOINT)
+    return remote.deploy(name=work_pool, work_pool_name=work_pool, build=False, push=False)
+
+
+def mapped_pools(cfg) -> list[str]:
+    return sorted(set(cfg.orchestration.work_pools.values()))

@@ -215,6 +215,9 @@ class OrchestrationConfig(Strict):
     # Prefect task retries per stage, where a retry is safe (e.g. {evaluate: 2} against a flaky judge)
     retries: dict[StageName, Annotated[int, Field(ge=0, le=10)]] = {}
     retry_delay_s: float = Field(10.0, ge=0)
+    # stage -> Prefect work pool it runs on (e.g. {sft: gpu, dpo: gpu}); unmapped stages run where
+    # the flow runs. Each pool needs the stage deployment `alignpipe deploy --work-pool` creates.
+    work_pools: dict[StageName, Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]] = {}
 
 
 class TrackingConfig(Strict):

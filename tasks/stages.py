@@ -44,9 +44,10 @@ def ensure_gpu_limit(limit: int) -> bool:
 
 
 @task(name="stage", cache_policy=NO_CACHE, persist_result=False)
-def stage_task(stage: str, planned: PlannedStage, execute: Execute, upstream: list) -> StageOutcome:
-    """Run (or reuse) one stage once its upstream stages are done. `stage` names it in the UI."""
-    holds_gpu = planned.spec.uses_gpu and planned.will_run  # a reused output needs no GPU
+def stage_task(stage: str, planned: PlannedStage, execute: Execute, upstream: list, remote: bool = False) -> StageOutcome:
+    """Run (or reuse) one stage once its upstream stages are done. `stage` names it in the UI.
+    A remote stage (run by its work pool's deployment) takes the GPU slot there, not here."""
+    holds_gpu = planned.spec.uses_gpu and planned.will_run and not remote  # a reused output needs no GPU
     with concurrency(GPU_LIMIT_NAME, occupy=1, strict=False) if holds_gpu else nullcontext():
         outcome = execute(planned)
     logger = get_run_logger()
@@ -60,9 +61,10 @@ def stage_task(stage: str, planned: PlannedStage, execute: Execute, upstream: li
 class PrefectTasks:
     """The Prefect dispatcher: stages as task runs with their upstream futures as inputs."""
 
-    def __init__(self, retries: Mapping[str, int] | None = None, retry_delay_s: float = 10.0):
+    def __init__(self, retries: Mapping[str, int] | None = None, retry_delay_s: float = 10.0, remote: frozenset[str] = frozenset()):
         self.retries = dict(retries or {})
         self.retry_delay_s = retry_delay_s
+        self.remote = remote  # stages that run on another work pool
 
     def submit(self, planned: PlannedStage, execute: Execute, upstream: list):
         configured = stage_task.with_options(
@@ -72,7 +74,7 @@ class PrefectTasks:
             retries=self.retries.get(planned.name, 0),
             retry_delay_seconds=self.retry_delay_s,
         )
-        return configured.submit(planned.name, planned, execute, upstream)
+        return configured.submit(planned.name, planned, execute, upstream, planned.name in self.remote)
 
     def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
         futures = {}
