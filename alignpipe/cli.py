@@ -192,6 +192,47 @@ def stage(
     _out().print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
 
 
+SWEEPABLE_EXCLUDED = ("run_dir", "tracking", "orchestration", "preset")  # where and how it runs, not what
+
+
+@app.command()
+def sweep(
+    grid: list[str] = typer.Option([], "--grid", "-g", metavar="KEY=V1,V2", help="Values to sweep, e.g. dpo.beta=0.05,0.1,0.5 (repeatable: the product)."),
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """One pipeline per grid point; stages the points share are computed once; a sweep report."""
+    from alignpipe.pipeline import StageFailed
+    from alignpipe.plan import PipelineError
+    from alignpipe.sweep import member_configs, parse_grid
+
+    try:
+        axes = parse_grid(grid)
+        for axis in axes:
+            if axis.key.split(".")[0] in SWEEPABLE_EXCLUDED:
+                raise ConfigError(f"--grid {axis.key}: not sweepable (sweep what runs, not {axis.key.split('.')[0]})")
+        members = member_configs(preset, config, set_, axes)
+    except ConfigError as e:
+        _fail(str(e))
+    plans = [_plan(cfg, None, []) for _, cfg in members]
+    from flows.sweep import run_sweep_flow
+
+    try:
+        summary = run_sweep_flow(members, plans, list(grid))
+    except PipelineError as e:
+        _fail(str(e))
+    except StageFailed as e:
+        _fail(str(e), code=1)
+    table = _table(f"sweep {summary['sweep_id']}: {len(members)} members", "member", "ran", "reused", "report")
+    for m in summary["members"]:
+        table.add_row(m["label"], ", ".join(m["executed"]) or "-", ", ".join(m["reused"]) or "-", m["report"] or "-")
+    _out().print(table)
+    _out().print(f"sweep report: {summary['report']}", highlight=False, soft_wrap=True)
+    _out().print(f"mlflow:       sweep run {summary['mlflow_run_id']} in {summary['tracking_uri']} (compare: alignpipe compare {summary['mlflow_run_id'][:12]})",
+                 highlight=False, soft_wrap=True)  # fmt: skip
+
+
 @app.command("config")
 def show_config(
     preset: str = PresetOpt,
@@ -337,20 +378,24 @@ def runs(
 
 @app.command()
 def compare(
-    run_ids: list[str] = typer.Argument(..., help="Run ids (or unique prefixes of 6+ characters)."),
+    run_ids: list[str] = typer.Argument(..., help="Run ids (or unique prefixes of 6+ characters); a sweep's id compares its members."),
     preset: str = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: list[str] = SetOpt,
     all_params: bool = typer.Option(False, "--all-params", help="Show every param, not just those that differ."),
 ) -> None:
     """Params and metrics of pipeline runs side by side."""
-    from alignpipe.tracking import get_runs
+    from alignpipe.tracking import get_runs, sweep_members
 
     cfg = _config(preset, config, set_)
     try:
         found = get_runs(cfg, run_ids)
     except ValueError as e:
         _fail(str(e))
+    expanded = []
+    for r in found:  # a sweep stands for its members
+        expanded += sweep_members(cfg, r) if r.data.tags.get("alignpipe.kind") == "sweep" else [r]
+    found = expanded
     table = _table("params and metrics", "", *[f"{r.info.run_name or ''}\n{r.info.run_id[:12]}" for r in found])
     params = sorted(set().union(*(r.data.params for r in found)))
     if not all_params and len(found) > 1:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 import traceback
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
@@ -236,16 +236,41 @@ class Elsewhere(Protocol):
     def run(self, planned: PlannedStage, parent_run_id: Optional[str]) -> StageOutcome: ...
 
 
+Job = tuple[Plan, Execute]  # one pipeline's plan and how to execute one of its stages
+
+
 class Dispatcher(Protocol):
-    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
-        """Execute every planned stage once its upstream is done; outcomes in plan order."""
+    def run(self, jobs: Sequence[Job]) -> list[list[StageOutcome]]:
+        """Execute every planned stage of every job once its upstream is done; a stage whose key
+        another job also plans waits for the first to finish (then reuses it). Outcomes per job, in
+        plan order."""
+
+
+def as_reuse(planned: PlannedStage) -> PlannedStage:
+    """A stage whose output another job of the same run computes: it waits for that, then reuses
+    it (never forced, never computed twice, no GPU slot, nothing sent to a work pool)."""
+    return replace(planned, forced=False, cached=True)
+
+
+def with_twins(jobs: Sequence[Job]) -> list[list[tuple[PlannedStage, Optional[tuple[int, str]]]]]:
+    """For each job, its stages in plan order, each paired with (job index, stage) of the first job
+    that plans the same key, or None for that first one; twins come back as reuses."""
+    first: dict[tuple[str, str], tuple[int, str]] = {}
+    out = []
+    for j, (plan, _) in enumerate(jobs):
+        row = []
+        for planned in plan:
+            twin = first.setdefault((planned.name, planned.key), (j, planned.name))
+            row.append((planned, None) if twin == (j, planned.name) else (as_reuse(planned), twin))
+        out.append(row)
+    return out
 
 
 class InOrder:
-    """Stages one after another in this process, in plan order."""
+    """Stages one after another in this process: job by job, in plan order."""
 
-    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
-        return [execute(p) for p in plan]
+    def run(self, jobs: Sequence[Job]) -> list[list[StageOutcome]]:
+        return [[execute(p) for p, _ in row] for (_, execute), row in zip(jobs, with_twins(jobs))]
 
 
 def _fmt_metrics(metrics: Mapping[str, float], limit: int = 4) -> str:
@@ -265,10 +290,11 @@ class ConsoleReporter:
     def say(self, line: str) -> None:
         self.console.print(Text(f"  {line}"), highlight=False)
 
-    def started(self, planned: PlannedStage) -> None:
+    def started(self, planned: PlannedStage, label: str = "") -> None:
         self._started += 1
         what = "rerun (forced)" if planned.forced else ("cached" if planned.cached else "running")
-        self.console.print(f"[bold][{self._started}/{self.total}][/bold] {planned.name} [dim]{planned.key[:12]}[/dim] {what}")
+        member = f" [magenta]{label}[/magenta]" if label else ""
+        self.console.print(f"[bold][{self._started}/{self.total}][/bold] {planned.name}{member} [dim]{planned.key[:12]}[/dim] {what}")
 
     def finished(self, outcome: StageOutcome) -> None:
         if outcome.cached:
@@ -288,6 +314,31 @@ def launcher_for(cfg: PipelineConfig) -> Optional[AccelerateLauncher]:
         raise PipelineError(str(e)) from None
 
 
+def stage_executor(
+    plan: Plan, tracker: Tracker, reporter: ConsoleReporter, launcher: Optional[AccelerateLauncher],
+    elsewhere: Optional[Elsewhere], label: str = "",
+) -> Execute:
+    """How one stage of this plan runs: here inside its tracking run, or `elsewhere` (which records
+    its own) when it has something to compute and elsewhere takes it."""
+
+    def execute(planned: PlannedStage) -> StageOutcome:
+        reporter.started(planned, label)
+        try:
+            if elsewhere is not None and planned.will_run and elsewhere.handles(planned):
+                outcome = elsewhere.run(planned, tracker.summary().get("mlflow_run_id"))
+            else:
+                with tracker.stage(planned) as run:
+                    outcome = run_stage(planned, plan.store, sink=run.sink, launcher=launcher, say=reporter.say)
+                    run.record(outcome)
+        except BaseException as e:
+            reporter.failed(planned, e)
+            raise
+        reporter.finished(outcome)
+        return outcome
+
+    return execute
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     targets: Optional[Sequence[str]] = None,
@@ -302,30 +353,38 @@ def run_pipeline(
 ) -> PipelineResult:
     """Plan (unless given a plan), then run or reuse every planned stage inside its tracking run.
     Stages `elsewhere` handles (and that have something to compute) run there instead."""
-    launcher = launcher_for(cfg)
     plan = plan or plan_pipeline(cfg, targets, rerun, catalog=catalog)
-    tracker = tracker or NullTracker()
+    return run_pipelines([Member(cfg, plan, tracker or NullTracker())], dispatcher=dispatcher, reporter=reporter, elsewhere=elsewhere)[0]
+
+
+@dataclass
+class Member:
+    """One pipeline of a run of several (a sweep's grid point), with its own tracker."""
+
+    cfg: PipelineConfig
+    plan: Plan
+    tracker: Tracker
+    label: str = ""  # e.g. "dpo.beta=0.1", shown on the console
+
+
+def run_pipelines(
+    members: Sequence[Member],
+    *,
+    dispatcher: Optional[Dispatcher] = None,
+    reporter: Optional[ConsoleReporter] = None,
+    elsewhere: Optional[Elsewhere] = None,
+) -> list[PipelineResult]:
+    """Run several pipelines as one graph: a stage output that several of them need (same key) is
+    computed once. Each member keeps its own tracking run and result."""
     dispatcher = dispatcher or InOrder()
-    reporter = reporter or ConsoleReporter(total=len(plan.stages))
-
-    def execute(planned: PlannedStage) -> StageOutcome:
-        reporter.started(planned)
-        try:
-            if elsewhere is not None and planned.will_run and elsewhere.handles(planned):
-                outcome = elsewhere.run(planned, tracker.summary().get("mlflow_run_id"))
-            else:
-                with tracker.stage(planned) as run:
-                    outcome = run_stage(planned, plan.store, sink=run.sink, launcher=launcher, say=reporter.say)
-                    run.record(outcome)
-        except BaseException as e:
-            reporter.failed(planned, e)
-            raise
-        reporter.finished(outcome)
-        return outcome
-
+    reporter = reporter or ConsoleReporter(total=sum(len(m.plan.stages) for m in members))
     started = time.perf_counter()
-    with tracker.pipeline(plan):
-        outcomes = dispatcher.run(plan, execute)
-        result = PipelineResult(plan, outcomes, time.perf_counter() - started)
-        tracker.record_pipeline(result)
-    return result
+    with ExitStack() as stack:
+        for m in members:
+            stack.enter_context(m.tracker.pipeline(m.plan))
+        jobs = [(m.plan, stage_executor(m.plan, m.tracker, reporter, launcher_for(m.cfg), elsewhere, m.label)) for m in members]
+        outcomes = dispatcher.run(jobs)
+        results = [PipelineResult(m.plan, o, time.perf_counter() - started) for m, o in zip(members, outcomes)]
+        for m, r in zip(members, results):
+            m.tracker.record_pipeline(r)
+    return results

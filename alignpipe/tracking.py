@@ -25,7 +25,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from alignpipe import mlflow_lineage as lineage
@@ -425,10 +425,13 @@ class PipelineTracker:
         entrypoint: str = "run",
         run_name: Optional[str] = None,
         parent_run_id: Optional[str] = None,
+        sweep_run_id: Optional[str] = None,
     ):
         """parent_run_id: attach to a pipeline run opened elsewhere (a stage on a work pool records
-        its nested run under the pipeline's parent) instead of opening and closing a parent here."""
+        its nested run under the pipeline's parent) instead of opening and closing a parent here.
+        sweep_run_id: open this pipeline run nested under a sweep's run."""
         self.cfg = cfg
+        self.sweep_run_id = sweep_run_id
         self.attached = parent_run_id is not None
         self.flow_run_id = flow_run_id
         self.entrypoint = entrypoint
@@ -459,6 +462,8 @@ class PipelineTracker:
             "run_dir": Path(self.cfg.run_dir).resolve(),
             **process_tags(),
         }
+        if self.sweep_run_id:
+            tags |= {"mlflow.parentRunId": self.sweep_run_id, "alignpipe.sweep": self.sweep_run_id}
         run = retrying(
             self.client.create_run, self.experiment_id, run_name=self.run_name, tags={t.key: t.value for t in _tags(tags)}
         )
@@ -544,22 +549,70 @@ class PipelineTracker:
         retrying(self.client.set_terminated, handle.run_id, "FINISHED")
 
 
+class SweepTracker:
+    """The MLflow run of a sweep: one parent for the whole grid, each member's pipeline run nested
+    under it (and each stage run under its member), the sweep report as its artifacts."""
+
+    def __init__(self, cfg: PipelineConfig, grid: Sequence[str], *, flow_run_id: Optional[str] = None, run_name: Optional[str] = None):
+        self.cfg = cfg
+        self.grid = list(grid)
+        self.flow_run_id = flow_run_id
+        self.run_name = run_name or f"{cfg.preset}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        self.tracking_uri = resolve_tracking_uri(cfg)
+        self.client = None
+        self.experiment_id: Optional[str] = None
+        self.run_id: Optional[str] = None
+
+    def __enter__(self) -> "SweepTracker":
+        self.client = open_client(self.cfg)
+        self.experiment_id = ensure_experiment(self.client, self.cfg)
+        tags = {"alignpipe.kind": "sweep", "pipeline": self.cfg.preset, "grid": " ".join(self.grid),
+                "prefect_flow_run_id": self.flow_run_id or "none", **process_tags()}  # fmt: skip
+        run = retrying(self.client.create_run, self.experiment_id, run_name=self.run_name, tags={t.key: t.value for t in _tags(tags)})
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run_id is None:
+            return
+        status = "FINISHED" if exc_type is None else ("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        retrying(self.client.set_terminated, self.run_id, status)
+
+    def member(self, cfg: PipelineConfig, label: str) -> PipelineTracker:
+        return PipelineTracker(cfg, flow_run_id=self.flow_run_id, entrypoint="sweep", run_name=label, sweep_run_id=self.run_id)
+
+    def record(self, report_dir: Path, sweep_id: str, members: int) -> None:
+        _log_batch(self.client, self.run_id, metrics=_metrics({"members": members}), tags=_tags({"sweep_id": sweep_id}))
+        for f in sorted(p for p in report_dir.iterdir() if p.is_file()):
+            retrying(self.client.log_artifact, self.run_id, str(f), None)
+
+    def summary(self) -> dict[str, Any]:
+        return {"tracking_uri": redact_uri(self.tracking_uri), "experiment": self.cfg.tracking.experiment,
+                "mlflow_experiment_id": self.experiment_id, "mlflow_run_id": self.run_id, "prefect_flow_run_id": self.flow_run_id}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------
 # Reading runs back (alignpipe runs / compare)
 # ----------------------------------------------------------------------------------------
-def search_pipeline_runs(cfg: PipelineConfig, limit: int = 20, experiment: Optional[str] = None) -> list:
-    """Parent runs, newest first."""
+def search_pipeline_runs(cfg: PipelineConfig, limit: int = 20, experiment: Optional[str] = None, kinds: Sequence[str] = ("pipeline",)) -> list:
+    """Parent runs (pipelines, or sweeps too), newest first."""
     client = open_client(cfg)
     exp = retrying(client.get_experiment_by_name, experiment or cfg.tracking.experiment)
     if exp is None:
         return []
-    return retrying(
-        client.search_runs,
-        [exp.experiment_id],
-        filter_string="tags.`alignpipe.kind` = 'pipeline'",
-        order_by=["attributes.start_time DESC"],
-        max_results=limit,
-    )
+    runs = []
+    for kind in kinds:  # MLflow's filter language has no OR
+        runs += retrying(client.search_runs, [exp.experiment_id], filter_string=f"tags.`alignpipe.kind` = '{kind}'",
+                         order_by=["attributes.start_time DESC"], max_results=limit)  # fmt: skip
+    return sorted(runs, key=lambda r: -r.info.start_time)[:limit]
+
+
+def sweep_members(cfg: PipelineConfig, sweep_run) -> list:
+    """The member pipeline runs of a sweep's run, in the order they started."""
+    client = open_client(cfg)
+    runs = retrying(client.search_runs, [sweep_run.info.experiment_id],
+                    filter_string=f"tags.`alignpipe.sweep` = '{sweep_run.info.run_id}'", max_results=1000)  # fmt: skip
+    return sorted(runs, key=lambda r: r.info.start_time)
 
 
 def get_runs(cfg: PipelineConfig, run_ids: list[str]) -> list:
@@ -576,7 +629,7 @@ def get_runs(cfg: PipelineConfig, run_ids: list[str]) -> list:
         except MlflowException:
             pass
         if recent is None:
-            recent = search_pipeline_runs(cfg, limit=500)
+            recent = search_pipeline_runs(cfg, limit=500, kinds=("pipeline", "sweep"))
         matches = [r for r in recent if len(rid) >= 6 and r.info.run_id.startswith(rid)]
         if len(matches) != 1:
             raise ValueError(f"run id '{rid}': {'ambiguous' if matches else 'not found'} in {redact_uri(resolve_tracking_uri(cfg))}")

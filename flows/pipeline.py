@@ -23,7 +23,9 @@ from tasks import artifacts, quiet_failures
 from tasks.stages import PrefectTasks, ensure_gpu_limit
 from tasks.workpools import WorkPools, check_deployments
 
-MAX_CONCURRENT_STAGES = 4  # evaluate + ood, or the members of a sweep; GPU stages still share the GPU limit
+# Threads for task runs: one waiting for its upstream holds one, so there are enough for every stage
+# to be pending; how many compute at once is bounded by the GPU concurrency limit and the stages' needs.
+MAX_CONCURRENT_STAGES = 32
 
 # A plan made by the caller in this very process (the CLI validates before starting Prefect); a
 # deployment's run has none and plans itself.

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
-from alignpipe.pipeline import Execute, StageOutcome
+from alignpipe.pipeline import Execute, Job, StageOutcome, with_twins
 from alignpipe.plan import Plan, PlannedStage
 
 GPU_LIMIT_NAME = "alignpipe-gpu"
@@ -76,9 +76,22 @@ class PrefectTasks:
         )
         return configured.submit(planned.name, planned, execute, upstream, planned.name in self.remote)
 
-    def run(self, plan: Plan, execute: Execute) -> list[StageOutcome]:
-        futures = {}
-        for planned in plan:
-            upstream = [futures[u] for u in planned.spec.upstream if u in futures]
-            futures[planned.name] = self.submit(planned, execute, upstream)
-        return [futures[p.name].result() for p in plan]
+    def run(self, jobs: Sequence[Job]) -> list[list[StageOutcome]]:
+        """All jobs' stages as one graph of task runs. A stage another job planned with the same key
+        also waits for that job's task run, then reuses its output (alignpipe.pipeline.with_twins).
+
+        A task run waiting for its upstream holds a worker thread, so stages are submitted in
+        waves (every job's first stage, then every job's second...): the threads go to stages
+        that can start soonest, and members of a sweep progress side by side."""
+        rows = with_twins(jobs)
+        futures: list[dict[str, object]] = [{} for _ in jobs]
+        for i in range(max(len(row) for row in rows)):
+            for j, row in enumerate(rows):
+                if i >= len(row):
+                    continue
+                planned, twin = row[i]
+                upstream = [futures[j][u] for u in planned.spec.upstream if u in futures[j]]
+                if twin is not None:
+                    upstream.append(futures[twin[0]][twin[1]])
+                futures[j][planned.name] = self.submit(planned, jobs[j][1], upstream)
+        return [[futures[j][p.name].result() for p in plan] for j, (plan, _) in enumerate(jobs)]

@@ -79,12 +79,14 @@ def _meet(ctx: StageContext, name: str, others: Collection[str], timeout_s: floa
 
 
 def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig], fail: Collection[str], artifacts=(), uses_gpu=False,
-                meet: Collection[str] = (), flaky: Collection[str] = ()):  # fmt: skip
+                meet: Collection[str] = (), flaky: Collection[str] = (), meet_betas: Collection[float] = ()):  # fmt: skip
     def run(ctx: StageContext) -> dict[str, float]:
         _record_call(ctx, name)
         inputs = _read_inputs(ctx)
         if name in meet:
             _meet(ctx, name, set(meet) - {name})
+        if name == "dpo" and ctx.config.dpo.beta in meet_betas:  # sweep members' dpo stages, concurrently
+            _meet(ctx, f"dpo-{ctx.config.dpo.beta}", {f"dpo-{b}" for b in meet_betas} - {f"dpo-{ctx.config.dpo.beta}"})
         flaked = Path(ctx.config.run_dir) / f"flaked-{name}"
         if name in flaky and not flaked.exists():
             flaked.touch()
@@ -110,7 +112,7 @@ def _make_stage(name: str, upstream: tuple[str, ...], config: type[StageConfig],
     return StageSpec(name=name, upstream=upstream, config=config, run=run, artifacts=tuple(artifacts), uses_gpu=uses_gpu)
 
 
-def make_specs(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> list[StageSpec]:
+def make_specs(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = (), meet_betas: Collection[float] = ()) -> list[StageSpec]:
     """The fake pipeline; stages named in `fail` raise after writing part of their output, stages
     named in `meet` wait for each other (they fail unless they run at the same time), stages named
     in `flaky` fail on their first attempt in a run_dir only."""
@@ -118,7 +120,7 @@ def make_specs(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Co
         _make_stage("sft", (), SFTFake, fail, uses_gpu=True),
         _make_stage("pairs", ("sft",), PairsFake, fail, uses_gpu=True),
         _make_stage("reference", ("sft", "pairs"), ReferenceFake, fail, uses_gpu=True),
-        _make_stage("dpo", ("sft", "reference"), DPOFake, fail, uses_gpu=True),
+        _make_stage("dpo", ("sft", "reference"), DPOFake, fail, uses_gpu=True, meet_betas=meet_betas),
         _make_stage("evaluate", ("sft", "dpo"), EvaluateFake, fail, artifacts=("win_rates.json",), meet=meet, flaky=flaky),
         _make_stage("ood", ("dpo",), OODFake, fail, meet=meet, flaky=flaky),
         _make_stage("report", ("evaluate", "ood"), ReportFake, fail, artifacts=("report.md",)),
@@ -129,13 +131,14 @@ SPECS = make_specs()
 ORDER = [s.name for s in SPECS]
 
 
-def catalog(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> StageCatalog:
-    return StageCatalog.of(make_specs(fail, meet, flaky))
+def catalog(fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = (), meet_betas: Collection[float] = ()) -> StageCatalog:
+    return StageCatalog.of(make_specs(fail, meet, flaky, meet_betas))
 
 
-def use_doubles(monkeypatch: pytest.MonkeyPatch, fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = ()) -> None:
+def use_doubles(monkeypatch: pytest.MonkeyPatch, fail: Collection[str] = (), meet: Collection[str] = (), flaky: Collection[str] = (),
+                meet_betas: Collection[float] = ()) -> None:  # fmt: skip
     """Make the default catalog (what the CLI and the flow plan with) the doubles."""
-    monkeypatch.setattr(StageCatalog, "default", classmethod(lambda cls: catalog(fail, meet, flaky)))
+    monkeypatch.setattr(StageCatalog, "default", classmethod(lambda cls: catalog(fail, meet, flaky, meet_betas)))
 
 
 def calls(cfg: PipelineConfig) -> list[str]:
