@@ -63,6 +63,8 @@ def log_model(tracking_uri: str, run_id: str, parent_run_id: str, out_dir: Path,
     path = out_dir / MODEL_DIR
     model, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
     mlflow.set_tracking_uri(tracking_uri)
+    # It would look the model card up on the hub, by a local path: one warning per model, always.
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     with mlflow.start_run(run_id=run_id, nested=True, parent_run_id=parent_run_id):
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},

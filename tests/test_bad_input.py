@@ -98,11 +98,15 @@ def test_too_few_examples_names_the_data_and_the_batch_size(setup):
         (["stage", "bogus"], ["stage bogus", "unknown stage"]),
         (["schedule", "--cron", "every night"], ["--cron 'every night'", "not a valid cron"]),
         (["run", "--set", "orchestration.retries={evaluat: 2}"], ["orchestration.retries", "evaluat"]),
+        (["run", "--set", "evaluate.judge.backend=openai"], ["evaluate.judge", "OPENAI_API_KEY"]),
+        (["run", "--set", "ood.judge.backend=local", "--set", "ood.judge.local_model=/no/judge"], ["ood.judge.local_model", "/no/judge"]),
     ],
     ids=["unknown-key", "negative-beta", "negative-temperature", "removed-setting", "cdpo-no-smoothing",
-         "missing-model-path", "unknown-rerun", "unknown-stage", "bad-cron", "retries-unknown-stage"],  # fmt: skip
+         "missing-model-path", "unknown-rerun", "unknown-stage", "bad-cron", "retries-unknown-stage",
+         "judge-without-key", "missing-judge-model"],  # fmt: skip
 )
-def test_bad_settings_and_options(setup, args, needles):
+def test_bad_settings_and_options(setup, args, needles, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     tmp_path, _, config = setup
     _one_line(invoke(*args, "--config", config), *needles)
     assert _outputs(tmp_path / "run") == []

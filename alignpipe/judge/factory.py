@@ -49,3 +49,22 @@ def make_judge(cfg: JudgeConfig, cache_dir: Path, *, backoff_base_s: float = 1.0
         seed=cfg.seed,
         max_invalid_fraction=cfg.max_invalid_fraction,
     )
+
+
+def check_judge(cfg: JudgeConfig, where: str) -> None:
+    """What make_judge would refuse, found before any model loads (the stages' preflight): a
+    missing API key, a missing local judge model, a reward classifier without a model."""
+    if cfg.backend == "openai":
+        from alignpipe.judge.openai_backend import api_key_from_env
+
+        try:
+            api_key_from_env()
+        except RuntimeError as e:
+            raise ValueError(f"{where}: {e}") from None
+    elif cfg.backend == "local":
+        if not cfg.local_model:
+            raise ValueError(f"{where}.local_model: backend 'local' needs the path of an HF causal LM")
+        if not Path(cfg.local_model).exists():
+            raise ValueError(f"{where}.local_model: '{cfg.local_model}' does not exist (a local HF model directory)")
+    elif cfg.reward == "hf_classifier" and not cfg.reward_model:
+        raise ValueError(f"{where}.reward_model: reward 'hf_classifier' needs a model (e.g. siebert/sentiment-roberta-large-english)")

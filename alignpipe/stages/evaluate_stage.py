@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from alignpipe.data import generation_prompts, ood_prompts
 from alignpipe.evaluation import evaluate_policy
 from alignpipe.judge import make_judge
+from alignpipe.judge.factory import check_judge
 from alignpipe.kl import sequence_kl
 from alignpipe.report import PAPER_TABLE1
 from alignpipe.rewards import scored_text
@@ -54,6 +55,7 @@ class OODSlice(StageConfig):
 
 
 def preflight(config: EvaluateSlice | OODSlice) -> None:
+    check_judge(config.protocol().judge, f"{'evaluate' if isinstance(config, EvaluateSlice) else 'ood'}.judge")
     config.prompts()
 
 

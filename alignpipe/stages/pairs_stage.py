@@ -28,6 +28,10 @@ class PairsSlice(StageConfig):
 def preflight(config: PairsSlice) -> None:
     """The prompts (or human pairs) this stage will read, validated before any model loads."""
     if config.pairs.source == "sampled":
+        if config.pairs.labeler == "judge":
+            from alignpipe.judge.factory import check_judge
+
+            check_judge(config.pairs.judge, "pairs.judge")
         generation_prompts(config.data, "train", config.data.prompt_size)
     else:
         human_pairs(config.data, config.data.prompt_size)
