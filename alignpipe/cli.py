@@ -119,9 +119,12 @@ def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfi
     if summary.get("mlflow_run_id"):
         console.print(f"mlflow:   run {summary['mlflow_run_id']} in {summary['tracking_uri']}", highlight=False, soft_wrap=True)
     if tracking_cfg is not None:
-        from alignpipe.tracking import ui_command
+        from alignpipe.tracking import ui_command, ui_url
 
         console.print(f"browse:   {shlex.join(ui_command(tracking_cfg))}", highlight=False, soft_wrap=True)
+        if summary.get("mlflow_experiment_id"):
+            url = ui_url(summary["tracking_uri"], summary["mlflow_experiment_id"], summary.get("mlflow_run_id"))
+            console.print(f"open:     {url}", highlight=False, soft_wrap=True)
     if summary.get("report"):
         console.print(f"report:   {summary['report']}", highlight=False, soft_wrap=True)
 
@@ -418,13 +421,21 @@ def ui(
     port: int = typer.Option(5000, "--port", min=1, max=65535),
     start: bool = typer.Option(False, "--start", help="Start the MLflow UI instead of printing the command."),
 ) -> None:
-    """The MLflow UI command for this config's tracking store (or start it with --start)."""
-    from alignpipe.tracking import ui_command
+    """The MLflow UI command for this config's tracking store (or start it with --start), and the
+    page of its experiment in the UI's model-training view."""
+    from alignpipe.tracking import open_client, resolve_tracking_uri, ui_command, ui_url
 
-    cmd = ui_command(_config(preset, config, set_), port)
+    cfg = _config(preset, config, set_)
+    cmd = ui_command(cfg, port)
+    exp = open_client(cfg).get_experiment_by_name(cfg.tracking.experiment)
+    page = ui_url(resolve_tracking_uri(cfg), exp.experiment_id, port=port) if exp is not None else None
     if not start:
         _out().print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+        if page:
+            _out().print(f"then open {page}", markup=False, highlight=False, soft_wrap=True)
         return
+    if page:
+        Console(stderr=True).print(f"open {page}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(subprocess.call([sys.executable, "-m", *cmd]))
 
 

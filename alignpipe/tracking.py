@@ -184,8 +184,26 @@ def ui_command(cfg: PipelineConfig, port: int = 5000) -> list[str]:
         "mlflow", "ui",
         "--backend-store-uri", resolve_tracking_uri(cfg),
         "--default-artifact-root", artifact_root(cfg),
+        "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
+
+
+# MLflow 3.17's UI picks its GenAI or model-training view from a global toggle (the URL parameter
+# or a browser setting, default GenAI) that overrides the experiment's mlflow.experimentKind tag:
+# links into it name the training view explicitly.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_base(tracking_uri: str, port: int = 5000) -> str:
+    """The UI that shows this store: the tracking server itself, or `alignpipe ui --start` for a local one."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: Optional[str] = None, port: int = 5000) -> str:
+    """The MLflow UI page of an experiment's runs, or of one run, in the model-training view."""
+    path = f"/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{redact_uri(ui_base(tracking_uri, port))}{path}?{TRAINING_VIEW}"
 
 
 # ----------------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ def artifact_key(preset: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{preset}-{what}".lower()).strip("-")
 
 
-def mlflow_run_url(tracking_uri: str, experiment_id: Optional[str], run_id: Optional[str], ui_port: int = 5000) -> Optional[str]:
+def mlflow_run_url(tracking_uri: str, experiment_id: Optional[str], run_id: Optional[str]) -> Optional[str]:
     """The MLflow UI page of a run: the tracking server's own, or `alignpipe ui`'s for a local store."""
+    from alignpipe.tracking import ui_url
+
     if not run_id or not experiment_id:
         return None
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{ui_port}"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return ui_url(tracking_uri, experiment_id, run_id)
 
 
 def publish(summary: dict[str, Any]) -> list[str]:
