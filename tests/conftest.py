@@ -96,3 +96,10 @@ def prefect_server(tmp_path):
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def openai_env(monkeypatch):
+    """The judge's key for the local OpenAI-compatible test servers; no base URL from the user's shell."""
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -28,9 +28,8 @@ HOSTILE_SEED = 4  # with 100 items: every fault kind is drawn, the worst judgmen
 
 
 @pytest.fixture(autouse=True)
-def api_env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+def api_env(openai_env):
+    """Every test here talks to a local OpenAI-compatible server with the test key."""
 
 
 def test_a_30_percent_hostile_endpoint_still_gives_every_item_its_verdict_once(tmp_path):

@@ -13,9 +13,8 @@ from judge_items import PRICE_IN, PRICE_OUT, expected_wins, items, judge_for, se
 
 
 @pytest.fixture(autouse=True)
-def api_env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+def api_env(openai_env):
+    """Every test here talks to a local OpenAI-compatible server with the test key."""
 
 
 @pytest.fixture
