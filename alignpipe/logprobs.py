@@ -12,6 +12,8 @@ import inspect
 import torch
 from torch import nn
 
+from alignpipe.attention import attention_implementation, model_attention_mask  # noqa: F401 (re-exported)
+
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
 KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's softmax instead of recomputing
 
@@ -141,14 +143,10 @@ class SequenceScorer(nn.Module):
 
 
 def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
-    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head."""
+    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head.
+    The attention mask is built here, on the batch's device, in the form the model's attention takes."""
     backbone, head = causal_lm_parts(model)
-    mask = batch.attention_mask
-    if mask.dim() == 4 and attention_implementation(model) == "eager":
-        # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
-        mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill_(
-            ~mask, torch.finfo(head.weight.dtype).min
-        )
+    mask = model_attention_mask(model, batch, head.weight.dtype)
     kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
@@ -185,13 +183,3 @@ def runs_model_forward(model: nn.Module) -> bool:
 @functools.cache
 def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def attention_implementation(model: nn.Module) -> str:
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(lm.config, "_attn_implementation", None) or "eager"
-
-
-def can_take_4d_mask(model: nn.Module) -> bool:
-    """Prefix sharing needs a custom 4-D mask and position ids: sdpa and eager attention take them."""
-    return attention_implementation(model) in ("sdpa", "eager")
