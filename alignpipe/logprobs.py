@@ -34,11 +34,13 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         probs = []
         for s in range(0, n, chunk):
             logits = (hidden[s : s + chunk] @ w.T).to(acc)
-            lse_c = torch.logsumexp(logits, dim=-1)
-            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse_c
-            lse[s : s + chunk] = lse_c
+            t = targets[s : s + chunk, None]
+            logp = torch.log_softmax(logits, dim=-1)  # one fused pass: fewer trips over [chunk, vocab] than logsumexp
+            out[s : s + chunk] = logp_t = logp.gather(1, t).squeeze(1)
+            lse[s : s + chunk] = logits.gather(1, t).squeeze(1) - logp_t
+            del logits
             if keep:
-                probs.append(logits.sub_(lse_c[:, None]).exp_())
+                probs.append(logp.exp_())
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk, ctx.probs = chunk, probs
         return out
@@ -50,7 +52,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         w = weight.to(hidden.dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        grad_w = None
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         for c, s in enumerate(range(0, hidden.shape[0], chunk)):
             h, t, g = hidden[s : s + chunk], targets[s : s + chunk], grad_out[s : s + chunk].to(lse.dtype)
@@ -61,8 +63,12 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
             dlogits = dlogits.to(hidden.dtype)
             if need_h:
                 grad_h[s : s + chunk] = dlogits @ w
-            if need_w:
-                grad_w += (dlogits.T @ h).to(lse.dtype)
+            if need_w and grad_w is None:
+                grad_w = (dlogits.T @ h).to(lse.dtype)
+            elif need_w and grad_w.dtype == h.dtype:
+                grad_w.addmm_(dlogits.T, h)  # accumulate in place: no [vocab, hidden] temporary
+            elif need_w:
+                grad_w += (dlogits.T @ h).to(grad_w.dtype)
         ctx.probs = None
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 

@@ -23,7 +23,7 @@ class CountLMHeadMatmuls(TorchDispatchMode):
         self.vocab, self.count = vocab, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.addmm, torch.ops.aten.addmm_):
             self.count += any(isinstance(a, torch.Tensor) and self.vocab in a.shape for a in args)
         return func(*args, **(kwargs or {}))
 
