@@ -61,7 +61,7 @@ def test_dry_device_check_runs_every_step_and_reports_the_issue_fields(tmp_path)
     assert training["last10_mean_loss"] < training["step0_loss"] - 0.05
 
     bench = json.loads((tmp_path / "dpo_throughput_dry.json").read_text())
-    assert set(bench["arms"]) == {"alignpipe_dense", "alignpipe_packed", "trl", "trl_precomputed_ref"}
+    assert set(bench["arms"]) == {"alignpipe_dense", "alignpipe_packed", "trl_precomputed_ref"}
     assert len(bench["loadavg"]["start"]) == 3 and len(bench["loadavg"]["end"]) == 3
     assert bench["peak"]["flop_per_s"] > 0 and len(bench["peak"]["measurements"]) == 2
     assert bench["peak"]["measurements"][0]["kind"] == "cpu fp32 matmul of the model's shapes"
@@ -71,10 +71,10 @@ def test_dry_device_check_runs_every_step_and_reports_the_issue_fields(tmp_path)
         assert arm["mfu"] == pytest.approx(arm["needed_flop_per_s"] / bench["peak"]["flop_per_s"]), name
         assert len(arm["loadavg_before"]) == 3 and len(arm["loadavg_after"]) == 3, name
     # TRL pads [prompt|chosen] and [prompt|rejected] rows to the longest; one prefix-shared row per pair pads less
-    assert bench["arms"]["alignpipe_dense"]["padding_fraction"] < bench["arms"]["trl"]["padding_fraction"]
+    assert bench["arms"]["alignpipe_dense"]["padding_fraction"] < bench["arms"]["trl_precomputed_ref"]["padding_fraction"]
     assert bench["arms"]["trl_precomputed_ref"]["settings"]["precompute_ref_log_probs"] is True
     assert bench["arms"]["alignpipe_packed"]["settings"]["row_packing"] == "to_longest"
-    for name in ("alignpipe_dense_vs_trl", "alignpipe_packed_vs_trl_precomputed_ref"):
+    for name in ("alignpipe_dense_vs_trl_precomputed_ref", "alignpipe_packed_vs_trl_precomputed_ref"):
         assert set(bench["ratios"][name]) == {"tokens_per_s", "tokens_per_s_incl_reference", "peak_memory"}
     assert bench["goals"] == {}  # the issue's goals are for the cpu and gpu presets, not the dry one
 
