@@ -6,8 +6,9 @@
 Steps; each runs even when an earlier one failed, and any failure makes the exit status non-zero:
   environment  torch, transformers, the GPU; FlexAttention importable in this torch
   gradients    a small fp32 model on the device: log-probs and parameter gradients of the flex paths
-               (prefix sharing, unpacked and packed into one row) and of the dense packed path equal
-               those of plain separate rows (on CPU flex has no backward: its forward only)
+               (prefix sharing, unpacked and packed into one row) and of the dense packed paths equal
+               those of plain separate rows (on CPU flex has no backward: its rows are skipped, and
+               its forward is tests/test_attention_paths.py's)
   throughput   bench.dpo_throughput's gpu preset (~1.1B Llama shape, bf16 autocast, sequences up to
                1024) in its own process: alignpipe dense / flex / packed against TRL's defaults and its
                strongest settings; peak memory, MFU, the issue's GPU goals
@@ -29,8 +30,10 @@ import time
 from pathlib import Path
 
 STEP0_TOLERANCE = {"cuda": 5e-3, "cpu": 1e-6}  # |loss - log 2| at step 0: bf16 autocast on CUDA, fp32 on CPU
-GRAD_TOLERANCE = 1e-3  # relative L2 error of parameter gradients against plain rows (fp32, TF32 off)
-VALUE_TOLERANCE = 1e-3  # absolute, on summed completion log-probs
+# fp32 with cuBLAS's TF32 off; Triton's kernels (FlexAttention's) may still use TF32 dots (~3e-4 relative),
+# while a wrong mask moves a summed log-prob by nats and the gradient by its own size
+GRAD_TOLERANCE = 5e-3  # relative L2 error of parameter gradients against plain rows
+VALUE_TOLERANCE = (2e-3, 1e-4)  # absolute + relative, on summed completion log-probs
 
 
 class CheckFailed(RuntimeError):
@@ -76,44 +79,45 @@ def gradients(tok, device: str, tmp: Path) -> dict:
     from alignpipe.tokenization import tokenize_pairs
     from bench.dpo_throughput import PRESETS, lengths, make_pairs
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy flag must not be mixed with it
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
     p = dict(PRESETS["dry"], hidden=128, layers=2, heads=4)
     model_dir = _tiny_model(tmp, tok, p)
     pairs, _ = tokenize_pairs(tok, make_pairs(tok, 8, 24, 24, seed=1), max_length=lengths(p)[0], max_prompt_length=lengths(p)[1])
     pad = tok.pad_token_id
     weights = torch.linspace(-1, 1, 2 * len(pairs), device=device)  # a swapped segment shows in the gradient
 
-    def run(attention: str, batch, backward: bool):
+    def run(attention: str, batch):
         model = load_causal_lm(model_dir, attention=attention).to(device).eval()
-        with torch.set_grad_enabled(backward):
-            out = SequenceScorer(model)(batch.to(device))
-            if not backward:
-                return out.detach(), None
-            (out * weights).sum().backward()
+        out = SequenceScorer(model)(batch.to(device))
+        (out * weights).sum().backward()
         return out.detach(), torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
 
     flex_backward = flex_trains_on(torch.device(device).type)
-    want_v, want_g = run("sdpa", collate_pairs(pairs, pad, prefix_sharing=False), True)
+    want_v, want_g = run("sdpa", collate_pairs(pairs, pad, prefix_sharing=False))
     paths = {
-        "dense_packed": ("sdpa", collate_pairs(pairs, pad, prefix_sharing=True, packing="to_longest"), True),
-        "dense_one_row": ("sdpa", collate_pairs(pairs, pad, prefix_sharing=True, packing="one_row"), True),
-        "flex_shared": ("flex_attention", collate_pairs(pairs, pad, prefix_sharing=True), flex_backward),
-        "flex_packed": ("flex_attention", collate_pairs(pairs, pad, prefix_sharing=True, packing="one_row"), flex_backward),
+        "dense_packed": ("sdpa", collate_pairs(pairs, pad, prefix_sharing=True, packing="to_longest")),
+        "dense_one_row": ("sdpa", collate_pairs(pairs, pad, prefix_sharing=True, packing="one_row")),
+        "flex_shared": ("flex_attention", collate_pairs(pairs, pad, prefix_sharing=True)),
+        "flex_packed": ("flex_attention", collate_pairs(pairs, pad, prefix_sharing=True, packing="one_row")),
     }
     out = {}
-    for name, (attention, batch, backward) in paths.items():
-        v, g = run(attention, batch, backward)
+    for name, (attention, batch) in paths.items():
+        if attention == "flex_attention" and not flex_backward:
+            # CPU: flex's forward alone, compiled per shape, costs CI half a minute and is what
+            # tests/test_attention_paths.py checks; its backward, the point here, needs CUDA
+            out[name] = {"skipped": f"no FlexAttention backward on {device} in torch {torch.__version__}"}
+            continue
+        v, g = run(attention, batch)
         err = float((v - want_v).abs().max())
-        _require(err <= VALUE_TOLERANCE, f"gradients: {name} log-probs differ from plain rows by {err:.2e}")
-        row = {"max_abs_logp_error": err}
-        if g is None:
-            row["gradients"] = f"skipped: no FlexAttention backward on {device} in torch (forward checked)"
-        else:
-            rel = float((g - want_g).norm() / want_g.norm())
-            _require(rel <= GRAD_TOLERANCE, f"gradients: {name} gradients differ from plain rows (relative {rel:.2e})")
-            row["relative_grad_error"] = rel
-        out[name] = row
+        bound = VALUE_TOLERANCE[0] + VALUE_TOLERANCE[1] * float(want_v.abs().max())
+        _require(err <= bound, f"gradients: {name} log-probs differ from plain rows by {err:.2e} (> {bound:.1e})")
+        rel = float((g - want_g).norm() / want_g.norm())
+        _require(rel <= GRAD_TOLERANCE, f"gradients: {name} gradients differ from plain rows (relative {rel:.2e})")
+        out[name] = {"max_abs_logp_error": err, "relative_grad_error": rel}
     return out
 
 

@@ -41,9 +41,10 @@ def test_goals_compare_the_best_alignpipe_arm_with_the_strongest_trl_arm():
 
 
 @pytest.mark.slow
-def test_dry_device_check_runs_every_step_and_reports_the_issue_fields(tmp_path):
+def test_dry_device_check_runs_every_step_and_reports_the_issue_fields(tmp_path, smol_tokenizer_dir):
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--dry", "--out", str(tmp_path)], cwd=ROOT, env=env,
+    cmd = ["bash", "bench/gpu_check.sh", "--dry", "--out", str(tmp_path), "--tokenizer", str(smol_tokenizer_dir)]  # as the device run
+    proc = subprocess.run(cmd, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert any(line.startswith("gpu_check dry: passed") for line in proc.stdout.splitlines())
@@ -52,8 +53,8 @@ def test_dry_device_check_runs_every_step_and_reports_the_issue_fields(tmp_path)
 
     grads = check["gradients"]
     assert grads["dense_packed"]["relative_grad_error"] < 1e-4 and grads["dense_one_row"]["relative_grad_error"] < 1e-4
-    for flex in ("flex_shared", "flex_packed"):  # CPU: forward only, said so
-        assert grads[flex]["max_abs_logp_error"] < 1e-3 and grads[flex]["gradients"].startswith("skipped: no FlexAttention backward")
+    for flex in ("flex_shared", "flex_packed"):  # CPU: no flex backward, said so
+        assert grads[flex]["skipped"].startswith("no FlexAttention backward on cpu")
 
     training = check["training"]
     assert training["steps"] == 50 and training["attention_path"] == "dense" and training["row_packing"] == "to_longest"
@@ -89,11 +90,12 @@ def test_device_mode_refuses_to_start_unprepared(tmp_path):
     assert "run 'bash bench/gpu_check.sh --prepare' here first and carry .whl and .gpucheck" in proc.stderr
 
 
-def test_a_failing_arm_fails_the_bench_loudly(tmp_path):
+def test_a_failing_arm_fails_the_bench_loudly(tmp_path, smol_tokenizer_dir):
     """On CPU FlexAttention cannot train: that arm fails, the bench exits non-zero naming it, and the
     JSON says which arm failed and why."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.dpo_throughput", "--preset", "dry", "--arms", "alignpipe_flex", "--out", str(out)],
+    cmd = [sys.executable, "-m", "bench.dpo_throughput", "--preset", "dry", "--arms", "alignpipe_flex", "--out", str(out), "--tokenizer", str(smol_tokenizer_dir)]
+    proc = subprocess.run(cmd,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     assert "arm alignpipe_flex failed" in proc.stderr and "bench: arms failed: alignpipe_flex" in proc.stderr
