@@ -12,6 +12,8 @@ import inspect
 import torch
 from torch import nn
 
+from alignpipe.attention import attention_implementation, model_attention_mask  # noqa: F401 (re-exported)
+
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
 KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's softmax instead of recomputing
 
@@ -32,11 +34,13 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         probs = []
         for s in range(0, n, chunk):
             logits = (hidden[s : s + chunk] @ w.T).to(acc)
-            lse_c = torch.logsumexp(logits, dim=-1)
-            out[s : s + chunk] = logits.gather(1, targets[s : s + chunk, None]).squeeze(1) - lse_c
-            lse[s : s + chunk] = lse_c
+            t = targets[s : s + chunk, None]
+            logp = torch.log_softmax(logits, dim=-1)  # one fused pass: fewer trips over [chunk, vocab] than logsumexp
+            out[s : s + chunk] = logp_t = logp.gather(1, t).squeeze(1)
+            lse[s : s + chunk] = logits.gather(1, t).squeeze(1) - logp_t
+            del logits
             if keep:
-                probs.append(logits.sub_(lse_c[:, None]).exp_())
+                probs.append(logp.exp_())
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.chunk, ctx.probs = chunk, probs
         return out
@@ -48,7 +52,7 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
         w = weight.to(hidden.dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if need_w else None
+        grad_w = None
         rows = torch.arange(min(chunk, hidden.shape[0]), device=hidden.device)
         for c, s in enumerate(range(0, hidden.shape[0], chunk)):
             h, t, g = hidden[s : s + chunk], targets[s : s + chunk], grad_out[s : s + chunk].to(lse.dtype)
@@ -59,8 +63,12 @@ class _ChunkedSelectiveLogSoftmax(torch.autograd.Function):
             dlogits = dlogits.to(hidden.dtype)
             if need_h:
                 grad_h[s : s + chunk] = dlogits @ w
-            if need_w:
-                grad_w += (dlogits.T @ h).to(lse.dtype)
+            if need_w and grad_w is None:
+                grad_w = (dlogits.T @ h).to(lse.dtype)
+            elif need_w and grad_w.dtype == h.dtype:
+                grad_w.addmm_(dlogits.T, h)  # accumulate in place: no [vocab, hidden] temporary
+            elif need_w:
+                grad_w += (dlogits.T @ h).to(grad_w.dtype)
         ctx.probs = None
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
 
@@ -141,14 +149,10 @@ class SequenceScorer(nn.Module):
 
 
 def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
-    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head."""
+    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head.
+    The attention mask is built here, on the batch's device, in the form the model's attention takes."""
     backbone, head = causal_lm_parts(model)
-    mask = batch.attention_mask
-    if mask.dim() == 4 and attention_implementation(model) == "eager":
-        # eager attention adds the mask to the scores; sdpa takes the boolean mask as is
-        mask = torch.zeros(mask.shape, dtype=head.weight.dtype, device=mask.device).masked_fill_(
-            ~mask, torch.finfo(head.weight.dtype).min
-        )
+    mask = model_attention_mask(model, batch, head.weight.dtype)
     kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
@@ -185,13 +189,3 @@ def runs_model_forward(model: nn.Module) -> bool:
 @functools.cache
 def _takes_logits_to_keep(cls: type) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def attention_implementation(model: nn.Module) -> str:
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(lm.config, "_attn_implementation", None) or "eager"
-
-
-def can_take_4d_mask(model: nn.Module) -> bool:
-    """Prefix sharing needs a custom 4-D mask and position ids: sdpa and eager attention take them."""
-    return attention_implementation(model) in ("sdpa", "eager")

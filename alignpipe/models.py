@@ -64,13 +64,35 @@ def load_tokenizer(path: str | Path, gguf_file: Optional[str] = None):
     return tok
 
 
-def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: torch.dtype = torch.float32):
+def load_causal_lm(path: str | Path, gguf_file: Optional[str] = None, dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
+    """A causal LM with the attention implementation `attention` (model.attention: sdpa, flex_attention, eager)."""
     from transformers import AutoModelForCausalLM
 
+    _check_attention_available(attention)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), gguf_file=gguf_file, dtype=dtype, attn_implementation="sdpa"
+        str(path), gguf_file=gguf_file, dtype=dtype, attn_implementation=attention
     )
     return model
+
+
+def use_attention(model, attention: str):
+    """Switch a loaded model to `attention` (model.attention), or fail in one line where it cannot."""
+    from alignpipe.attention import attention_implementation
+
+    _check_attention_available(attention)
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if attention_implementation(lm) != attention:
+        lm.set_attn_implementation(attention)
+    if attention_implementation(lm) != attention:
+        raise ValueError(f"model.attention: {type(lm).__name__} cannot use '{attention}' (it stays '{attention_implementation(lm)}')")
+    return model
+
+
+def _check_attention_available(attention: str) -> None:
+    if attention == "flex_attention":
+        from alignpipe.attention import flex_api
+
+        flex_api()  # one clear error on a torch without FlexAttention
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -129,19 +151,19 @@ def build_tiny_llama(out_dir: Path, tokenizer, *, hidden: int = 32, layers: int 
     return out_dir
 
 
-def load_base_model(name_or_path: str, gguf_file: Optional[str], offline_fallback: str = "none"):
+def load_base_model(name_or_path: str, gguf_file: Optional[str], offline_fallback: str = "none", attention: str = "sdpa"):
     """(model, tokenizer) of the base model as a plain fp32 model that `save_pretrained` accepts."""
     from transformers import AutoModelForCausalLM
 
     path, gguf = resolve_source(name_or_path, gguf_file, offline_fallback)
-    model = load_causal_lm(path, gguf)
+    model = load_causal_lm(path, gguf, attention=attention)
     tok = load_tokenizer(path, gguf)
     if gguf is not None:  # GGUF-loaded models refuse save_pretrained: copy into a fresh one
         config = copy.deepcopy(model.config)
         for attr in ("quantization_config", "_pre_quantization_dtype"):  # else reloads count as quantized
             if hasattr(config, attr):
                 delattr(config, attr)
-        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attention)
         missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
         if [k for k in missing if not k.endswith("lm_head.weight")] or unexpected:
             raise RuntimeError(f"{gguf}: weights do not match the model config")

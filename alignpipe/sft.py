@@ -6,29 +6,34 @@ from typing import Sequence
 
 import torch
 
-from alignpipe.batching import collate_examples, length_sorted_batches
+from alignpipe.attention import packing_for
+from alignpipe.batching import Packing, collate_examples, length_sorted_batches
 from alignpipe.logprobs import SequenceScorer
 from alignpipe.tokenization import TokenizedExample
 
 
 class SFTObjective:
-    """Loss = summed NLL of completion tokens (EOS included); the loop divides by the token count."""
+    """Loss = summed NLL of completion tokens (EOS included); the loop divides by the token count.
+    `packing` (alignpipe.attention.packing_for) puts several examples in a row."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, packing: Packing = "off"):
         self.pad_id = pad_id
+        self.packing = packing
 
     def units(self, item: TokenizedExample) -> float:
         return float(len(item.completion))
 
     def collate(self, items: Sequence[TokenizedExample]):
-        return collate_examples(items, self.pad_id)
+        return collate_examples(items, self.pad_id, self.packing)
 
     def __call__(self, scorer, batch, items) -> tuple[torch.Tensor, dict[str, float]]:
         return -scorer(batch).sum(), {}
 
 
 @torch.no_grad()
-def evaluate_nll(model, examples: Sequence[TokenizedExample], pad_id: int, batch_size: int = 16) -> dict[str, float]:
+def evaluate_nll(
+    model, examples: Sequence[TokenizedExample], pad_id: int, batch_size: int = 16, packing: bool = False
+) -> dict[str, float]:
     """Mean per-token NLL of the completions and its perplexity."""
     if not examples:
         return {}
@@ -36,9 +41,10 @@ def evaluate_nll(model, examples: Sequence[TokenizedExample], pad_id: int, batch
     model.eval()
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
+    mode = packing_for(model, packing, "sft.packing")
     nll, tokens = 0.0, 0
     for idx in length_sorted_batches([len(e) for e in examples], batch_size):
-        batch = collate_examples([examples[i] for i in idx], pad_id).to(device)
+        batch = collate_examples([examples[i] for i in idx], pad_id, mode).to(device)
         nll -= float(scorer(batch).sum())
         tokens += len(batch.targets)
     model.train(was_training)

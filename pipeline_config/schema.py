@@ -45,6 +45,10 @@ class ModelConfig(Strict):
     # auto: bf16 on GPU, fp32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     chat_template: bool = False  # render prompts with the tokenizer's chat template
+    # The attention kernel of training and reference scoring. sdpa: prefix sharing and packing through a
+    # dense boolean mask. flex_attention: through a block mask whose masked blocks are skipped; trains only
+    # where FlexAttention has a backward (CUDA; on CPU torch has only its forward). eager: the reference kernel.
+    attention: Literal["sdpa", "flex_attention", "eager"] = "sdpa"
 
 
 class DataConfig(Strict):
@@ -77,6 +81,9 @@ class TrainConfig(Strict):
     max_length: int = Field(512, ge=8)
     max_prompt_length: int = Field(256, ge=1)
     gradient_checkpointing: bool = False
+    # Several sequences per row, each with its own positions, none seeing another, instead of one
+    # padded row each (needs model.attention sdpa, eager or flex_attention)
+    packing: bool = False
     lora: Optional[LoraConfig] = None  # None: full fine-tuning
     checkpoint_every: int = Field(0, ge=0)  # optimizer steps between checkpoints, 0: only at the end
     seed: int = 0

@@ -1,19 +1,24 @@
-"""Summed completion log-probs of preference pairs: one forward per pair with a shared prompt.
+"""Summed completion log-probs of preference pairs, in the layout the model's attention allows.
 
-`prefix_sharing` runs [prompt|chosen|rejected] as one row (rejected tokens masked from chosen ones,
-positions restarting after the prompt), so the prompt is computed once instead of twice. Models
-whose attention cannot take a 4-D mask fall back to the concatenated chosen+rejected batch.
+`prefix_sharing` runs [prompt|chosen|rejected] as one sequence (rejected tokens masked from chosen
+ones, positions restarting after the prompt), so the prompt is computed once instead of twice.
+`packing` puts several sequences in a row, each with its own positions and none seeing another, so
+rows are not padded to the longest pair. Both need an attention that takes a custom mask (sdpa,
+eager, flex_attention; alignpipe.attention). A layout that cannot apply to the model is an error
+in one line ('on', packing) or, for prefix_sharing 'auto', a fallback said in one line.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from alignpipe.batching import LogpBatch, collate_concatenated, collate_prefix_shared, length_sorted_batches
-from alignpipe.logprobs import SequenceScorer, can_take_4d_mask
+from alignpipe.attention import LAYOUT_ATTENTION, attention_implementation, attention_path, packing_for, takes_layout_mask
+from alignpipe.batching import LogpBatch, Packing, collate_pairs, length_sorted_batches
+from alignpipe.logprobs import SequenceScorer
 from alignpipe.tokenization import TokenizedPair, tokenize_pairs
 
 log = logging.getLogger(__name__)
@@ -21,13 +26,41 @@ log = logging.getLogger(__name__)
 PrefixSharing = Literal["auto", "on", "off"]
 
 
-def pair_collator(model, pad_id: int, prefix_sharing: PrefixSharing) -> Callable[[Sequence[TokenizedPair]], LogpBatch]:
-    """The collate function for this model: prefix-shared when it can take the mask."""
-    if prefix_sharing == "on" and not can_take_4d_mask(model):
-        raise ValueError("dpo.prefix_sharing: 'on' needs sdpa or eager attention; use 'auto' or 'off'")
-    if prefix_sharing == "off" or not can_take_4d_mask(model):
-        return lambda pairs: collate_concatenated(pairs, pad_id)
-    return lambda pairs: collate_prefix_shared(pairs, pad_id)
+@dataclass(frozen=True)
+class PairLayout:
+    """How pairs are laid out for one model: what the stage metrics record."""
+
+    prefix_sharing: bool
+    packing: Packing
+    attention: str  # concatenated | dense | flex (alignpipe.attention.attention_path)
+
+    def collator(self, pad_id: int) -> Callable[[Sequence[TokenizedPair]], LogpBatch]:
+        return lambda pairs: collate_pairs(pairs, pad_id, prefix_sharing=self.prefix_sharing, packing=self.packing)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "prefix_sharing": float(self.prefix_sharing),
+            "packing": float(self.packing != "off"),
+            **{f"attention_{path}": float(self.attention == path) for path in ("concatenated", "dense", "flex")},
+        }
+
+
+def pair_layout(model, prefix_sharing: PrefixSharing, packing: bool = False) -> PairLayout:
+    """The layout for this model; 'auto' here means 'on' when the attention takes the mask (see
+    resolve_prefix_sharing for the check on real pairs)."""
+    if prefix_sharing == "on" and not takes_layout_mask(model):
+        raise ValueError(
+            f"dpo.prefix_sharing: 'on' needs attention {', '.join(LAYOUT_ATTENTION)}; this model uses "
+            f"'{attention_implementation(model)}' (use 'auto' or 'off')"
+        )
+    shared = prefix_sharing != "off" and takes_layout_mask(model)
+    mode = packing_for(model, packing, "dpo.packing")
+    return PairLayout(shared, mode, attention_path(model, layout=shared or mode != "off"))
+
+
+def pair_collator(model, pad_id: int, prefix_sharing: PrefixSharing, packing: bool = False) -> Callable[[Sequence[TokenizedPair]], LogpBatch]:
+    """The collate function for this model (see pair_layout)."""
+    return pair_layout(model, prefix_sharing, packing).collator(pad_id)
 
 
 @torch.no_grad()
@@ -35,20 +68,23 @@ def prefix_sharing_agrees(model, pairs: Sequence[TokenizedPair], pad_id: int, rt
     """Checks on real pairs that the shared-prefix forward matches separate forwards (a model-level guard)."""
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
-    shared = scorer(collate_prefix_shared(pairs, pad_id).to(device))
-    separate = scorer(collate_concatenated(pairs, pad_id).to(device))
+    shared = scorer(collate_pairs(pairs, pad_id, prefix_sharing=True).to(device))
+    separate = scorer(collate_pairs(pairs, pad_id, prefix_sharing=False).to(device))
     return bool(torch.allclose(shared, separate, rtol=rtol, atol=rtol * 10))
 
 
-def resolve_prefix_sharing(model, pairs: Sequence[TokenizedPair], pad_id: int, mode: PrefixSharing) -> PrefixSharing:
-    """'auto' becomes 'on' only when the model takes the mask and the check agrees on a few pairs."""
+def resolve_prefix_sharing(
+    model, pairs: Sequence[TokenizedPair], pad_id: int, mode: PrefixSharing, say: Callable[[str], None] = log.info
+) -> PrefixSharing:
+    """'auto' becomes 'on' only when the model takes the mask and the check agrees on a few pairs;
+    when it becomes 'off', `say` gets the one line that says why."""
     if mode != "auto":
         return mode
-    if not can_take_4d_mask(model):
-        log.info("prefix sharing off: attention implementation cannot take a 4-D mask")
+    if not takes_layout_mask(model):
+        say(f"prefix sharing off: attention '{attention_implementation(model)}' cannot take its mask (needs {', '.join(LAYOUT_ATTENTION)})")
         return "off"
     if not prefix_sharing_agrees(model, pairs[:2], pad_id):
-        log.warning("prefix sharing off: shared-prefix log-probs disagree with separate forwards for this model")
+        say("prefix sharing off: shared-prefix log-probs disagree with separate forwards for this model")
         return "off"
     return "on"
 
@@ -61,13 +97,14 @@ def tokenized_pair_logps(
     *,
     batch_size: int,
     prefix_sharing: PrefixSharing = "auto",
+    packing: bool = False,
     desc: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed log-probs for already tokenized pairs, in their order."""
     was_training = model.training
     model.eval()
     mode = resolve_prefix_sharing(model, pairs, pad_id, prefix_sharing)
-    collate = pair_collator(model, pad_id, mode)
+    collate = pair_collator(model, pad_id, mode, packing)
     scorer = SequenceScorer(model)
     device = next(model.parameters()).device
     chosen = torch.empty(len(pairs), dtype=torch.float32)
@@ -89,10 +126,13 @@ def pair_logps(
     max_prompt_length: int,
     batch_size: int,
     prefix_sharing: PrefixSharing = "auto",
+    packing: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each pair's chosen and rejected completion (NaN for pairs dropped by truncation)."""
     tokenized, stats = tokenize_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length)
-    c, r = tokenized_pair_logps(model, tokenized, tokenizer.pad_token_id, batch_size=batch_size, prefix_sharing=prefix_sharing)
+    c, r = tokenized_pair_logps(
+        model, tokenized, tokenizer.pad_token_id, batch_size=batch_size, prefix_sharing=prefix_sharing, packing=packing
+    )
     dropped = set(stats.dropped_indices)
     kept = [i for i in range(len(pairs)) if i not in dropped]
     chosen = torch.full((len(pairs),), float("nan"))

@@ -5,8 +5,10 @@ from typing import Annotated, Literal
 
 import torch
 
+from alignpipe.attention import check_trainable
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
-from alignpipe.dpo.scoring import pair_collator, resolve_prefix_sharing
+from alignpipe.dpo.scoring import pair_layout, resolve_prefix_sharing
+from alignpipe.models import use_attention
 from alignpipe.stages.artifacts import REFERENCE_FILE, dataset_record, file_digest, read_reference, write_datasets
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, load_trainable, publish_training
@@ -18,26 +20,31 @@ from pipeline_config.slices import From, StageConfig
 class DPOSlice(StageConfig):
     dpo: Annotated[DPOConfig, From("dpo")]
     dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]  # the training autocast
+    attention: Annotated[Literal["sdpa", "flex_attention", "eager"], From("model.attention")]
 
 
 def run(ctx: StageContext) -> dict[str, float]:
     config: DPOSlice = ctx.config
     dcfg = config.dpo
+    say = lambda line: ctx.say(f"dpo: {line}")  # noqa: E731
     model, tok = load_trainable(ctx.inputs["sft"])
+    use_attention(model, config.attention)
+    check_trainable(model)
     ref = read_reference(ctx.inputs["reference"])
     items = [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(ref.pairs, ref.chosen_logps, ref.rejected_logps)]
-    sharing = resolve_prefix_sharing(model, ref.pairs[:2], tok.pad_token_id, dcfg.prefix_sharing)
+    sharing = resolve_prefix_sharing(model, ref.pairs[:2], tok.pad_token_id, dcfg.prefix_sharing, say=say)
     torch.manual_seed(dcfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, dcfg.lora)
+    layout = pair_layout(model, sharing, dcfg.packing)
     result = train(
         model,
         items,
-        DPOObjective(dcfg, pair_collator(model, tok.pad_token_id, sharing)),
+        DPOObjective(dcfg, layout.collator(tok.pad_token_id)),
         dcfg,
         checkpoint_dir=ctx.resume_dir,
         callbacks=[HistoryLogger(ctx.sink, "dpo")],
         desc="DPO",
-        say=lambda line: ctx.say(f"dpo: {line}"),
+        say=say,
         precision=config.dtype,
     )
     last = result.history[-max(1, len(result.history) // 10) :]  # the final tenth, less noisy than one step
@@ -50,7 +57,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         "seconds": result.seconds,
         "tokens_per_s": sum(h["tokens_per_s"] for h in result.history) / len(result.history),
         "peak_memory_mb": max(h["peak_memory_mb"] for h in result.history),
-        "prefix_sharing": float(sharing == "on"),
+        "padding_fraction": sum(h["padding_fraction"] for h in result.history) / len(result.history),
+        **layout.metrics(),  # prefix_sharing, packing, attention_{concatenated,dense,flex}
     }
     publish_training(ctx.out_dir, model, tok, result.history, metrics)
     tokens = ctx.inputs["reference"] / REFERENCE_FILE

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
+from alignpipe.models import use_attention
 from alignpipe.stages.artifacts import ReferencePairs, read_pairs, write_reference
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_trainable
@@ -22,6 +23,8 @@ class ReferenceSlice(StageConfig):
     max_length: Annotated[int, From("dpo.max_length")]
     max_prompt_length: Annotated[int, From("dpo.max_prompt_length")]
     prefix_sharing: Annotated[Literal["auto", "on", "off"], From("dpo.prefix_sharing")]
+    packing: Annotated[bool, From("dpo.packing")]
+    attention: Annotated[Literal["sdpa", "flex_attention", "eager"], From("model.attention")]
     chat_template: Annotated[bool, From("model.chat_template")]
     dtype: Annotated[Literal["auto", "float32", "bfloat16"], From("model.dtype")]  # the training autocast
 
@@ -29,13 +32,14 @@ class ReferenceSlice(StageConfig):
 def run(ctx: StageContext) -> dict[str, float]:
     config: ReferenceSlice = ctx.config
     model, tok = load_trainable(ctx.inputs["sft"])  # fp32 weights: the policy's regime at step 0
+    use_attention(model, config.attention)
     records = [{**r, "prompt": as_chat(r["prompt"], config.chat_template)} for r in read_pairs(ctx.inputs["pairs"])]
     pairs, stats = tokenize_pairs(tok, records, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     if not pairs:
         raise ValueError(f"reference: all {len(records)} pairs were dropped by truncation to dpo.max_length {config.max_length}")
     chosen, rejected = reference_pair_logps(
         model, pairs, tok.pad_token_id, batch_size=config.reference.batch_size, precision=config.dtype,
-        prefix_sharing=config.prefix_sharing, desc="reference log-probs",
+        prefix_sharing=config.prefix_sharing, packing=config.packing, desc="reference log-probs",
     )  # fmt: skip
     dropped = set(stats.dropped_indices)
     kept = [i for i in range(len(records)) if i not in dropped]

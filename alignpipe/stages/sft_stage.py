@@ -6,6 +6,7 @@ from typing import Annotated
 
 import torch
 
+from alignpipe.attention import check_trainable, packing_for
 from alignpipe.data import describe_source, sft_examples
 from alignpipe.data.provenance import source_of, task_dataset
 from alignpipe.models import default_device, load_base_model
@@ -36,8 +37,10 @@ def preflight(config: SFTSlice) -> None:
 def run(ctx: StageContext) -> dict[str, float]:
     config: SFTSlice = ctx.config
     mcfg, scfg = config.model, config.sft
-    model, tok = load_base_model(mcfg.name_or_path, mcfg.gguf_file, mcfg.offline_fallback)
+    model, tok = load_base_model(mcfg.name_or_path, mcfg.gguf_file, mcfg.offline_fallback, attention=mcfg.attention)
     model = model.to(default_device())
+    check_trainable(model)
+    packing = packing_for(model, scfg.packing, "sft.packing")
     raw = sft_examples(config.data, config.data.sft_size)
     records = [{**r, "prompt": as_chat(r["prompt"], mcfg.chat_template)} for r in raw]
     random.Random(scfg.seed).shuffle(records)
@@ -47,11 +50,11 @@ def run(ctx: StageContext) -> dict[str, float]:
 
     torch.manual_seed(scfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, scfg.lora)
-    before = evaluate_nll(model, eval_examples, tok.pad_token_id)
+    before = evaluate_nll(model, eval_examples, tok.pad_token_id, packing=scfg.packing)
     result = train(
         model,
         examples,
-        SFTObjective(tok.pad_token_id),
+        SFTObjective(tok.pad_token_id, packing),
         scfg,
         checkpoint_dir=ctx.resume_dir,
         callbacks=[HistoryLogger(ctx.sink, "sft")],
@@ -59,12 +62,14 @@ def run(ctx: StageContext) -> dict[str, float]:
         say=lambda line: ctx.say(f"sft: {line}"),
         precision=mcfg.dtype,
     )
-    after = evaluate_nll(model, eval_examples, tok.pad_token_id)
+    after = evaluate_nll(model, eval_examples, tok.pad_token_id, packing=scfg.packing)
     metrics = {
         "train_loss": result.final["loss"],
         "steps": float(result.steps),
         "seconds": result.seconds,
         "tokens_per_s": sum(h["tokens_per_s"] for h in result.history) / len(result.history),
+        "padding_fraction": sum(h["padding_fraction"] for h in result.history) / len(result.history),
+        "packing": float(packing != "off"),
         **{f"initial_{k}": v for k, v in before.items()},
         **after,
         **stats.as_metrics("data"),

@@ -49,15 +49,17 @@ def check_launch_precision(device: torch.device | str, setting: str = "auto") ->
 
 def reference_pair_logps(
     model, pairs: Sequence, pad_id: int, *, batch_size: int, precision: str = "auto", prefix_sharing: str = "auto",
-    desc: str | None = None,
+    packing: bool = False, desc: str | None = None,
 ):
     """(chosen, rejected) log-probs as the policy computes them at step 0: the SFT model in fp32
     under the training autocast (no grad, eval mode: no dropout, as in training), with the same
-    attention layout (dpo.prefix_sharing) as training."""
+    attention layout (dpo.prefix_sharing, dpo.packing, model.attention) as training."""
     from alignpipe.dpo.scoring import tokenized_pair_logps
 
     wrong = {p.dtype for p in model.parameters()} - {torch.float32}
     if wrong:
         raise ValueError(f"reference log-probs need the fp32 weights training starts from, not {sorted(map(str, wrong))}")
     with autocast(next(model.parameters()).device, precision):
-        return tokenized_pair_logps(model, pairs, pad_id, batch_size=batch_size, prefix_sharing=prefix_sharing, desc=desc)
+        return tokenized_pair_logps(
+            model, pairs, pad_id, batch_size=batch_size, prefix_sharing=prefix_sharing, packing=packing, desc=desc
+        )
