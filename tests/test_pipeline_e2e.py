@@ -35,6 +35,13 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert not list((store / "dpo").glob(".resume-*")), "checkpoints are removed once the stage is published"
     pairs = json.loads(next((store / "pairs").glob("*/stats.json")).read_text())
     assert pairs["pairs"] > 0 and pairs["pairs"] + pairs["ties"] == 6 * pairs["prompts"]
+    # the frontier: SFT, DPO's snapshots every evaluate.checkpoints steps, the final policy; all at T=1
+    n_steps = len((dpo_dir / "history.jsonl").read_text().splitlines())
+    kept = list(range(4, n_steps, 4))  # every 4 steps before the last (the last is the published model)
+    assert n_steps > 4 and sorted(p.name for p in (dpo_dir / "snapshots").glob("*.safetensors")) == [f"step-{k:08d}.safetensors" for k in kept]
+    frontier = json.loads(next((store / "evaluate").glob("*/frontier.json")).read_text())
+    assert [(r["label"], r["dpo_step"], r["temperature"]) for r in frontier] == [
+        ("sft", 0, 1.0), *[(f"dpo@step{k}", k, 1.0) for k in kept], ("dpo", n_steps, 1.0)]
 
     second = alignpipe_pipeline(config=params)
     assert second["executed"] == [] and second["reused"] == ALL
@@ -47,6 +54,7 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     parent = mlflow.get_run(first["mlflow_run_id"])
     assert parent.data.tags["pipeline"] == "tiny" and parent.info.status == "FINISHED"
     assert "dpo/final_loss" in parent.data.metrics and "evaluate/win_rate/sft/t1" in parent.data.metrics
+    assert parent.data.metrics["evaluate/data/overlap_removed"] >= 0 and "evaluate/win_rate/sft/t1/ci_low" in parent.data.metrics
     children = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["stage"] for r in children) == sorted(ALL)
     assert all(r.data.tags["cached"] == "false" for r in children)
