@@ -200,7 +200,7 @@ def evaluate_policy(
             })  # fmt: skip
         pol_lengths = [n_tokens(s) for s in pol]
         for b in baselines:
-            other = {"sft": ref, "best_of_n": bon}.get(b) or [p["reference"] for p in prompts]
+            other = ref if b == "sft" else bon if b == "best_of_n" else [p["reference"] for p in prompts]
             items = [
                 Comparison(prompt=p["prompt"], policy=judged_text(p["prompt"], a), baseline=judged_text(p["prompt"], o))
                 for p, a, o in zip(prompts, pol, other)

@@ -209,7 +209,8 @@ class EvaluateConfig(EvaluationConfig):
     n_prompts: int = Field(256, ge=1)
     best_of_n: int = Field(4, ge=2)  # baseline best_of_n: N SFT samples per prompt, the one pairs.labeler scores best
     # also put the DPO policy at every this-many optimizer steps on the frontier (0: the final policy
-    # only); a multiple of dpo.checkpoint_every, since the snapshots are the training checkpoints
+    # only); a multiple of dpo.checkpoint_every, since the snapshots are the training checkpoints.
+    # The DPO stage keeps those snapshots, so it keys on this value too.
     checkpoints: int = Field(0, ge=0)
     # judge this many human-labelled pairs (TL;DR comparisons, HH chosen/rejected) with the
     # configured judge and report its agreement with the human label (0: off)
