@@ -96,6 +96,25 @@ def test_a_test_split_file_supplies_the_evaluation_prompts(data_dir, smol_tokeni
     assert task_split(no_test).eval_source.startswith("held out from the training data")
 
 
+def test_on_the_hub_evaluation_prompts_come_from_the_test_split(monkeypatch):
+    from alignpipe.data import adapters
+
+    asked = []
+
+    def hub_rows(repo_id, split, config=None, revision=None):
+        asked.append((repo_id, split))
+        return enumerate([{"prompt": f"SUBREDDIT: r/{split}\nTITLE: {split} {i}\nPOST: a {split} post {i}\nTL;DR:", "label": f" {split} {i}"}
+                          for i in range(5)], start=1)
+
+    monkeypatch.setattr(adapters, "hub_rows", hub_rows)
+    cfg = DataConfig(task="tldr", eval_size=3)
+    parts = task_split(cfg)
+    assert parts.eval_source == "test split (CarperAI/openai_summarize_tldr[test])"
+    assert ("CarperAI/openai_summarize_tldr", "train") in asked and ("CarperAI/openai_summarize_tldr", "test") in asked
+    assert all(p["prompt"].startswith("SUBREDDIT: r/test") for p in generation_prompts(cfg, "eval"))
+    assert len(sft_examples(cfg, 10)) == 5 and all(ex["prompt"].startswith("SUBREDDIT: r/train") for ex in sft_examples(cfg, 10))
+
+
 def test_overlap_check_matches_after_normalization():
     evals = [{"prompt": "SUBREDDIT: r/relationships\n\nTITLE: My  cat\n\nPOST: It sleeps.\n\nTL;DR:"},
              {"prompt": "The FILM was"}, {"prompt": "Brand new prompt"}]
