@@ -134,3 +134,39 @@ def test_text_baseline_needs_references(tiny_model, smol_tokenizer, tmp_path):
             temperatures=[0.0], baselines=["reference_text"], generation=GenerationConfig(max_new_tokens=2),
             judge=judge, judged_text=lambda p, c: c, seed=0,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_dpo_snapshot_loads_back_into_the_policy_it_was_taken_from(lora, tiny_model_dir, smol_tokenizer, tmp_path):
+    """evaluate.checkpoints: the trainable weights the training loop checkpoints (full model, or LoRA
+    adapters) on the SFT model give the very policy of that step."""
+    from safetensors.torch import save_file
+
+    from alignpipe.stages.artifacts import read_snapshots, write_snapshots
+    from alignpipe.stages.common import apply_lora
+    from alignpipe.stages.evaluate_stage import checkpoint_policies
+    from pipeline_config.schema import LoraConfig
+
+    sft_dir = tmp_path / "sft"
+    load_causal_lm(tiny_model_dir).save_pretrained(sft_dir / "model")
+    smol_tokenizer.save_pretrained(sft_dir / "model")
+    lora_cfg = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None
+    torch.manual_seed(0)
+    trained = apply_lora(load_causal_lm(tiny_model_dir), lora_cfg)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    weights = {n: p.detach().clone().contiguous() for n, p in trained.named_parameters() if p.requires_grad}
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    dpo_dir = tmp_path / "dpo"
+    dpo_dir.mkdir()
+    write_snapshots(dpo_dir, {6: tmp_path / "w.safetensors", 3: tmp_path / "w.safetensors"}, lora_cfg.model_dump() if lora else None)
+    assert sorted(read_snapshots(dpo_dir)["steps"]) == [3, 6]
+    [policy] = checkpoint_policies(dpo_dir, sft_dir, every=6, dtype="float32")
+    assert (policy.label, policy.dpo_step) == ("dpo@step6", 6)
+    ids = torch.tensor([smol_tokenizer("The film was good").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(policy.load()(ids).logits, trained.eval()(ids).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="holds no DPO snapshots"):
+        checkpoint_policies(sft_dir, sft_dir, every=6, dtype="float32")
