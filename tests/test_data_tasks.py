@@ -93,7 +93,7 @@ def test_a_test_split_file_supplies_the_evaluation_prompts(data_dir, smol_tokeni
     assert [p["prompt"].startswith("SUBREDDIT: r/t\n") for p in generation_prompts(tldr, "eval")] == [True] * 5
     assert len(sft_examples(tldr, 100)) == 30
     no_test = DataConfig(task="hh", dir=str(data_dir), eval_size=6)
-    assert task_split(no_test).eval_source.startswith("held out from the training data")
+    assert task_split(no_test).eval_source == f"6 prompts held out of {data_dir / 'hh_rlhf.jsonl'} (no test split beside it)"
 
 
 def test_on_the_hub_evaluation_prompts_come_from_the_test_split(monkeypatch):
@@ -185,7 +185,7 @@ def test_builtin_fallback_when_offline(monkeypatch, tmp_path, smol_tokenizer):
     cfg = DataConfig(task="imdb", builtin_fallback=True, eval_size=10)
     assert len(sft_examples(cfg, 20)) == 20
     assert len(generation_prompts(cfg, "eval", None, smol_tokenizer)) == 10
-    assert task_split(cfg).eval_source.startswith("held out from the training data")
+    assert task_split(cfg).eval_source == "10 reviews held out of the built-in imdb sample (alignpipe/builtin_data/imdb.jsonl) (no test split beside it)"
     assert ood_articles(None, 3, builtin_fallback=True) == builtin_records("cnn_dailymail")[:3]
     # A data dir without the file also falls back; a task with no built-in set fails clearly.
     assert len(sft_examples(cfg.model_copy(update={"dir": str(tmp_path)}), 5)) == 5
@@ -227,7 +227,7 @@ def test_local_file_with_column_map(tmp_path):
     assert len(pairs) == 10 and all(p["chosen"] == "A" + p["prompt"][1:-1] for p in pairs)
     assert len(generation_prompts(cfg, "eval")) == 2
     label_pairs, where = human_label_pairs(cfg, 100)
-    assert len(label_pairs) == 2 and where.startswith("held out from the training data")
+    assert len(label_pairs) == 2 and where == f"2 prompts held out of {path} (no test split beside it)"
     with pytest.raises(ValueError, match="local_path is required"):
         sft_examples(DataConfig(task="local"), 1)
     prompts_only = tmp_path / "prompts.jsonl"
@@ -253,7 +253,7 @@ def test_human_labelled_pairs_for_the_judge_check(data_dir):
     hh = DataConfig(task="hh", dir=str(data_dir), eval_size=6)
     pairs, where = human_label_pairs(hh, 100)
     held_out = {p["prompt"] for p in generation_prompts(hh, "eval")}
-    assert len(pairs) == 6 and {p["prompt"] for p in pairs} == held_out and where.startswith("held out")
+    assert len(pairs) == 6 and {p["prompt"] for p in pairs} == held_out and " held out of " in where
     with pytest.raises(ValueError, match="no human-labelled pairs"):
         human_label_pairs(DataConfig(task="imdb", dir=str(data_dir)), 4)
 

@@ -60,16 +60,24 @@ class TaskSplit:
 def load_source(name: str, data_dir: Optional[str | Path], split: str, *, builtin_fallback: bool = False) -> list[dict[str, Any]]:
     """A dataset's records from the data dir (or env ALIGNPIPE_DATA_DIR), else the hub, else
     (builtin_fallback, IMDb and CNN/DailyMail only) the built-in set."""
+    return load_source_from(name, data_dir, split, builtin_fallback=builtin_fallback)[0]
+
+
+def load_source_from(name: str, data_dir: Optional[str | Path], split: str, *, builtin_fallback: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """(records, where they were read from): the file, the hub split, or the built-in sample."""
     loader = LOADERS[name]
     kwargs = {"strict": False} if name == "hh_rlhf" else {}  # the public HH data has a few broken pairs
+    directory = resolve_data_dir(data_dir)
     try:
-        return loader(resolve_data_dir(data_dir), split, **kwargs)
+        records = loader(directory, split, **kwargs)
     except SourceUnavailable as e:
         if builtin_fallback and name in BUILTIN_FILES:
             log.warning("%s; using the built-in %s set (%s)", e, name, BUILTIN_FILES[name])
-            return builtin_records(name)
+            return builtin_records(name), f"the built-in {name} sample (alignpipe/builtin_data/{BUILTIN_FILES[name]})"
         hint = " (set data.builtin_fallback for the small built-in set)" if name in BUILTIN_FILES else ""
         raise SourceUnavailable(f"{e}{hint}") from None
+    where = str(directory / f"{name}.jsonl") if directory is not None else hub_source_label(HUB_DATASETS[name], split)
+    return records, where
 
 
 def load_eval_source(name: str, data_dir: Optional[str | Path]) -> Optional[tuple[list[dict[str, Any]], str]]:
@@ -163,8 +171,8 @@ def human_label_pairs(cfg: DataConfig, n: int) -> tuple[list[dict[str, str]], st
             pairs, where = held_out
         else:
             name, split = PAIR_DATASET["tldr"]
-            pairs = load_source(name, cfg.dir, split)
-            where = describe_source(cfg) + " (tldr_comparisons, the training comparisons)"
+            pairs, where = load_source_from(name, cfg.dir, split)
+            where += " (the comparisons DPO trains on: no held-out comparisons beside it)"
     elif cfg.task in ("hh", "ultrafeedback", "local"):
         parts = task_split(cfg)
         pairs, where = _pairs_of(parts.eval), parts.eval_source
@@ -222,7 +230,8 @@ def task_split(cfg: DataConfig) -> TaskSplit:
         test_examples = _task_examples(cfg, held_out[0])
         return TaskSplit(train, _shuffled_groups(test_examples, cfg.seed)[: cfg.eval_size], f"test split ({held_out[1]})")
     n_eval = min(cfg.eval_size, len(train) // 2)
-    return TaskSplit(train[n_eval:], train[:n_eval], f"held out from the training data ({where}): no test split available")
+    unit = "reviews" if cfg.task == "imdb" else "prompts"
+    return TaskSplit(train[n_eval:], train[:n_eval], f"{n_eval} {unit} held out of {where} (no test split beside it)")
 
 
 def validate_task_data(cfg: DataConfig) -> None:
@@ -264,8 +273,8 @@ def _examples(cfg: DataConfig) -> tuple[list[dict[str, Any]], str]:
         return [{**_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"]),
                  "where": f"{path}:{line_no}"} for line_no, r in rows], str(path)
     name, split = TASK_DATASET[cfg.task]
-    records = load_source(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
-    return _task_examples(cfg, records), describe_source(cfg)
+    records, where = load_source_from(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
+    return _task_examples(cfg, records), where
 
 
 def _task_examples(cfg: DataConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
