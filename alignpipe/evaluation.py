@@ -191,11 +191,12 @@ def evaluate_policy(
         pol, ref = pol_gen.texts, ref_gen.texts if ref_gen else None
         if t == KL_TEMPERATURE:
             at_t1 = {"dpo": pol_gen, **({"sft": ref_gen} if ref_gen else {})}
-        bon = _best_of_n(gen, sft, texts, t, best_of_n, labeller) if "best_of_n" in baselines else None
+        bon, candidates = _best_of_n(gen, sft, texts, t, best_of_n, labeller) if "best_of_n" in baselines else (None, None)
         for i, p in enumerate(prompts):
             tables.samples.append({
                 "temperature": t, "index": i, "prompt": p["prompt"], "policy": pol[i], "sft": ref[i] if ref else None,
-                "best_of_n": bon[i] if bon else None, "reference": p.get("reference"),
+                "best_of_n": bon[i] if bon else None, "best_of_n_candidates": candidates[i] if candidates else None,
+                "reference": p.get("reference"),
                 "policy_tokens": pol_gen.num_new_tokens[i], "policy_finished": pol_gen.finished[i],
             })  # fmt: skip
         pol_lengths = [n_tokens(s) for s in pol]
@@ -236,11 +237,11 @@ def evaluate_policy(
     return tables
 
 
-def _best_of_n(gen, sft, prompts: list[str], t: float, n: int, labeller: Labeller) -> list[str]:
-    """The paper's Best-of-N baseline: N SFT samples per prompt at temperature t, the one the
-    labeller (pairs.labeler) scores highest. At T=0 the N samples are one greedy sample."""
+def _best_of_n(gen, sft, prompts: list[str], t: float, n: int, labeller: Labeller) -> tuple[list[str], list[list[str]]]:
+    """(picks, candidates): the paper's Best-of-N baseline, N SFT samples per prompt at temperature t
+    and the one the labeller (pairs.labeler) scores highest. At T=0 the N samples are one greedy sample."""
     expanded = [p for p in prompts for _ in range(n)]
     candidates = gen(sft, t, f"SFT best-of-{n}", expanded).texts
     grouped = [candidates[i * n : (i + 1) * n] for i in range(len(prompts))]
     scores = labeller(prompts, grouped)
-    return [group[max(range(n), key=lambda k: score[k])] for group, score in zip(grouped, scores)]
+    return [group[max(range(n), key=lambda k: score[k])] for group, score in zip(grouped, scores)], grouped

@@ -120,6 +120,7 @@ def test_best_of_n_keeps_the_candidate_the_labeller_scores_best(tiny_model, tiny
                        baselines=["sft", "best_of_n"], best_of_n=3, labeller=longest, compute_kl=False)
     assert len(seen) == len(PROMPTS) and all(len(g) == 3 for g in seen)
     assert [s["best_of_n"] for s in tables.samples] == [max(g, key=len) for g in seen]
+    assert [s["best_of_n_candidates"] for s in tables.samples] == seen
     assert [r["baseline"] for r in tables.win_rates] == ["sft", "best_of_n"]
     assert {r["policy"] for r in tables.reward_kl} == {"dpo", "sft", "best_of_n"}
     with pytest.raises(ValueError, match="best_of_n' needs N >= 2 and a labeller"):

@@ -39,7 +39,16 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     n_steps = len((dpo_dir / "history.jsonl").read_text().splitlines())
     kept = list(range(4, n_steps, 4))  # every 4 steps before the last (the last is the published model)
     assert n_steps > 4 and sorted(p.name for p in (dpo_dir / "snapshots").glob("*.safetensors")) == [f"step-{k:08d}.safetensors" for k in kept]
-    frontier = json.loads(next((store / "evaluate").glob("*/frontier.json")).read_text())
+    evaluate_dir = next((store / "evaluate").glob("*/manifest.json")).parent
+    # the best-of-N baseline: 3 SFT samples per prompt, the one the pairs stage's labeller (VADER) scores best
+    assert [r["baseline"] for r in json.loads((evaluate_dir / "win_rates.json").read_text())] == ["sft", "best_of_n"]
+    from alignpipe.rewards import VaderScorer
+
+    vader = VaderScorer()
+    for s in map(json.loads, (evaluate_dir / "samples.jsonl").read_text().splitlines()):
+        scores = vader.score([s["prompt"] + c for c in s["best_of_n_candidates"]])
+        assert len(scores) == 3 and s["best_of_n"] == s["best_of_n_candidates"][scores.index(max(scores))]
+    frontier = json.loads((evaluate_dir / "frontier.json").read_text())
     assert [(r["label"], r["dpo_step"], r["temperature"]) for r in frontier] == [
         ("sft", 0, 1.0), *[(f"dpo@step{k}", k, 1.0) for k in kept], ("dpo", n_steps, 1.0)]
 
