@@ -6,12 +6,16 @@ tokenizer's padding, never from token ids: SmolLM2's pad token *is* its EOS toke
 
 Each batch is seeded from (seed, batch index), so a batch's samples do not depend on what earlier
 batches drew, and the caller's global RNG state is left untouched.
+
+Besides the texts, the result keeps the exact token ids: the prompt as the model was conditioned on
+it and the tokens it sampled, so a sequence-level KL can score the very sequence that was drawn
+(alignpipe.kl) instead of a re-tokenization of its decoded text.
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +30,9 @@ class GenerationResult:
     num_new_tokens: list[int]  # tokens generated per prompt, the stopping EOS included
     tokens_per_s: float  # sum(num_new_tokens) / seconds
     seconds: float  # wall-clock time of the whole call
+    prompt_ids: list[list[int]] = field(default_factory=list)  # each prompt's ids as fed to the model (no padding)
+    token_ids: list[list[int]] = field(default_factory=list)  # the sampled ids, through the stopping EOS if any
+    finished: list[bool] = field(default_factory=list)  # True: stopped at EOS; False: cut at max_new_tokens
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -79,8 +86,11 @@ def generate(
     start = time.perf_counter()
     texts: list[str] = [""] * len(prompts)
     counts: list[int] = [0] * len(prompts)
+    prompt_ids: list[list[int]] = [[] for _ in prompts]
+    token_ids: list[list[int]] = [[] for _ in prompts]
+    finished: list[bool] = [False] * len(prompts)
     if not prompts:
-        return GenerationResult(texts, counts, 0.0, 0.0)
+        return GenerationResult(texts, counts, 0.0, 0.0, prompt_ids, token_ids, finished)
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token (alignpipe.models.load_tokenizer sets pad = eos)")
 
@@ -115,9 +125,12 @@ def generate(
                         **sampling,
                     )
                 new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
-                for row, i in zip(new_tokens, indices):
+                for j, (row, i) in enumerate(zip(new_tokens, indices)):
                     kept = _until_eos(row, eos_ids) if stop_at_eos else row
                     counts[i] = len(kept)
+                    prompt_ids[i] = enc["input_ids"][j][enc["attention_mask"][j].bool()].tolist()
+                    token_ids[i] = kept
+                    finished[i] = bool(kept) and kept[-1] in eos_ids
                     texts[i] = tokenizer.decode([t for t in kept if t not in eos_ids], skip_special_tokens=True)
                 bar.update(len(indices))
                 bar.set_postfix(tok_s=f"{sum(counts) / (time.perf_counter() - start):.1f}")
@@ -125,7 +138,7 @@ def generate(
         tokenizer.padding_side = padding_side
         model.train(was_training)
     seconds = time.perf_counter() - start
-    return GenerationResult(texts, counts, sum(counts) / seconds if seconds > 0 else 0.0, seconds)
+    return GenerationResult(texts, counts, sum(counts) / seconds if seconds > 0 else 0.0, seconds, prompt_ids, token_ids, finished)
 
 
 def prompt_text(tokenizer, prompt: str, chat_template: bool) -> str:

@@ -22,7 +22,7 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, format="png")
     return path
@@ -32,21 +32,32 @@ def _colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _ci_error(rows: Sequence[Mapping[str, Any]], value: str, prefix: str) -> list[list[float]]:
+    """Asymmetric error bars [[below...], [above...]] from each row's 95% CI (0 where it has none)."""
+    below, above = [], []
+    for r in rows:
+        lo, hi = r.get(f"{prefix}ci_low"), r.get(f"{prefix}ci_high")
+        ok = is_number(lo) and is_number(hi)
+        below.append(max(0.0, r[value] - lo) if ok else 0.0)
+        above.append(max(0.0, hi - r[value]) if ok else 0.0)
+    return [below, above]
+
+
 def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Win rate against sampling temperature, one line per baseline, +-1 stderr bars, a 0.5 line."""
+    """Win rate against sampling temperature, one line per baseline, 95% bootstrap CI bars, a 0.5 line."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     baselines = list(dict.fromkeys(r["baseline"] for r in rows))
     for i, baseline in enumerate(baselines):
-        pts = sorted(
-            (r["temperature"], r["win_rate"], r["stderr"] if is_number(r["stderr"]) else 0.0)
-            for r in rows
-            if r["baseline"] == baseline and is_number(r["win_rate"])
-        )
+        pts = sorted((r for r in rows if r["baseline"] == baseline and is_number(r["win_rate"])), key=lambda r: r["temperature"])
         if not pts:
             continue
-        t, wr, se = zip(*pts)
-        ax.errorbar(t, wr, yerr=se, marker="o", capsize=4, color=_colour(i), label=f"DPO vs {baseline}")
+        ax.errorbar([r["temperature"] for r in pts], [r["win_rate"] for r in pts], yerr=_ci_error(pts, "win_rate", ""),
+                    marker="o", capsize=4, color=_colour(i), label=f"DPO vs {baseline}")
+        lc = [r for r in pts if is_number(r.get("lc_win_rate"))]
+        if lc:
+            ax.plot([r["temperature"] for r in lc], [r["lc_win_rate"] for r in lc], linestyle=":", marker="x",
+                    color=_colour(i), label=f"length-controlled vs {baseline}")
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="tie (0.5)")
     ax.set_ylim(0.0, 1.0)
     # A fixed 0..1 span (widened when needed) keeps plots from different runs comparable and a
@@ -55,35 +66,39 @@ def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Pa
     ax.set_xlim(min(0.0, *temps) - 0.05, max(1.0, *temps) + 0.05)
     ax.set_xlabel("sampling temperature")
     ax.set_ylabel("win rate (judge)")
-    ax.set_title("DPO win rate vs temperature (error bars: ±1 stderr)")
+    ax.set_title("DPO win rate vs temperature (bars: 95% bootstrap CI)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    return _save(fig, path)
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path)
 
 
-def reward_vs_kl(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """The reward/KL frontier: mean reward against KL(policy || reference), points labelled by T."""
-    fig = Figure(figsize=(6.4, 4.2))
+def reward_kl_frontier(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "Reward vs KL frontier (T = 1)") -> Path:
+    """The paper's Figure 2 from frontier rows of any number of policies (alignpipe.stages.artifacts
+    documents the row format). Rows with the same `series` (a sweep member; default one series) are
+    joined in DPO-step order, so a run's checkpoints trace its path; SFT points (KL 0) are stars.
+    Error bars are the rows' 95% CIs on both axes."""
+    fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    policies = list(dict.fromkeys(r["policy"] for r in rows))
-    for i, policy in enumerate(policies):
-        pts = sorted(
-            (r["kl"], r["mean_reward"], r["reward_stderr"] if is_number(r["reward_stderr"]) else 0.0, r["temperature"])
-            for r in rows
-            if r["policy"] == policy and is_number(r["kl"]) and is_number(r["mean_reward"])
-        )
+    names = list(dict.fromkeys(r.get("series", "DPO") for r in rows if r["policy"] != "sft"))
+    for i, name in enumerate(names):
+        pts = sorted((r for r in rows if r["policy"] != "sft" and r.get("series", "DPO") == name and is_number(r["kl"])
+                      and is_number(r["mean_reward"])), key=lambda r: (r.get("dpo_step") is None, r.get("dpo_step") or 0))  # fmt: skip
         if not pts:
             continue
-        kl, reward, se, temps = zip(*pts)
-        ax.errorbar(kl, reward, yerr=se, fmt="o", capsize=3, color=_colour(i), label=policy.upper())
-        for x, y, t in zip(kl, reward, temps):
-            ax.annotate(f"T={t:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("KL(policy ‖ reference), nats per sequence")
+        ax.errorbar([r["kl"] for r in pts], [r["mean_reward"] for r in pts], xerr=_ci_error(pts, "kl", "kl_"),
+                    yerr=_ci_error(pts, "mean_reward", "reward_"), fmt="-o", capsize=3, color=_colour(i), label=name)
+        for r in pts:
+            ax.annotate(r["label"], (r["kl"], r["mean_reward"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    sft = [r for r in rows if r["policy"] == "sft" and is_number(r["mean_reward"])]
+    if sft:
+        ax.errorbar([r["kl"] for r in sft], [r["mean_reward"] for r in sft], yerr=_ci_error(sft, "mean_reward", "reward_"),
+                    fmt="*", markersize=12, capsize=3, color="black", label="SFT (reference, KL 0)")
+    ax.set_xlabel("KL(policy ‖ SFT), nats per sequence (T = 1 samples)")
     ax.set_ylabel("mean reward")
-    ax.set_title("Reward vs KL frontier (up and to the left is better)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
-    return _save(fig, path)
+    ax.legend(loc="best", fontsize=8)
+    return save_figure(fig, path)
 
 
 def series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -153,7 +168,7 @@ def dpo_training_curves(
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 SFT_LOSS_KEYS = ("loss", "eval_loss", "eval/loss")  # train loss, then held-out loss as either spelling
@@ -172,42 +187,43 @@ def sft_training_curves(history: Sequence[Mapping[str, Any]], path: Path) -> Pat
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def ood_vs_paper(
-    rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Mapping[float, float]], path: Path
+def ood_win_rates(
+    rows: Sequence[Mapping[str, Any]], paper: Optional[Mapping[str, Mapping[float, float]]], path: Path
 ) -> Path:
-    """Grouped bars per temperature: our OOD win rate(s) next to the paper's DPO and PPO numbers."""
+    """Grouped bars per temperature: our OOD win rate(s) with 95% CIs, and the paper's Table 1 numbers
+    beside them only when `paper` is given (the rows are comparable with it)."""
+    paper = paper or {}
     temps = sorted({r["temperature"] for r in rows} | {t for by_t in paper.values() for t in by_t})
     ours = list(dict.fromkeys(r["baseline"] for r in rows))
-    series: list[tuple[str, str, list[Optional[float]], Optional[list[float]]]] = []
+    bars: list[tuple[str, str, list[Optional[float]], Optional[list[list[float]]]]] = []
     for i, baseline in enumerate(ours):
         by_t = {r["temperature"]: r for r in rows if r["baseline"] == baseline}
         values = [by_t[t]["win_rate"] if t in by_t and is_number(by_t[t]["win_rate"]) else None for t in temps]
-        errors = [by_t[t]["stderr"] if t in by_t and is_number(by_t[t]["stderr"]) else 0.0 for t in temps]
-        series.append((f"ours (DPO vs {baseline})", _colour(i), values, errors))
+        shown = [by_t[t] if t in by_t and is_number(by_t[t]["win_rate"]) else {"win_rate": 0.0} for t in temps]
+        bars.append((f"DPO vs {baseline}", _colour(i), values, _ci_error(shown, "win_rate", "")))
     for method, by_t in paper.items():
-        series.append((f"paper {method}", PAPER_COLOURS.get(method, "#aaaaaa"), [by_t.get(t) for t in temps], None))
+        bars.append((f"paper {method} (Table 1)", PAPER_COLOURS.get(method, "#aaaaaa"), [by_t.get(t) for t in temps], None))
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
-    width = 0.8 / len(series)
-    for k, (label, colour, values, errors) in enumerate(series):
-        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(temps))]
-        shown = [(x, v, e) for x, v, e in zip(xs, values, errors or [0.0] * len(xs)) if v is not None]
-        if not shown:
+    width = 0.8 / len(bars)
+    for k, (label, colour, values, errors) in enumerate(bars):
+        xs = [i + (k - (len(bars) - 1) / 2) * width for i in range(len(temps))]
+        keep = [j for j, v in enumerate(values) if v is not None]
+        if not keep:
             continue
-        x, v, e = zip(*shown)
-        bars = ax.bar(x, v, width=width, yerr=e if errors else None, capsize=3, color=colour, label=label,
-                      edgecolor="black", linewidth=0.5)
-        ax.bar_label(bars, labels=[f"{val:.2f}" for val in v], fontsize=8, padding=2)
+        yerr = [[errors[0][j] for j in keep], [errors[1][j] for j in keep]] if errors else None
+        drawn = ax.bar([xs[j] for j in keep], [values[j] for j in keep], width=width, yerr=yerr, capsize=3, color=colour,
+                       label=label, edgecolor="black", linewidth=0.5)
+        ax.bar_label(drawn, labels=[f"{values[j]:.2f}" for j in keep], fontsize=8, padding=2)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("win rate (judge)")
-    ax.set_title("CNN/DailyMail (out of distribution) vs the DPO paper's Table 1")
+    ax.set_title("Out of distribution" + (" vs the DPO paper's Table 1" if paper else " (bars: 95% bootstrap CI)"))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
-
+    return save_figure(fig, path)

@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from typing_extensions import NotRequired, TypedDict
 
@@ -45,37 +45,87 @@ HistoryRow = TypedDict(
 
 
 class WinRateRow(TypedDict):
-    """In-distribution judge result for one (temperature, baseline). win_rate/stderr are None
-    when no verdict was valid."""
+    """Judge result for one (temperature, baseline): the share of prompts where the judge preferred
+    DPO's sample (ties and order-inconsistent pairs count half). win_rate/stderr are None when no
+    verdict was valid. The optional keys are what alignpipe.evaluation writes beside it."""
 
     temperature: float
-    baseline: str  # "sft" | "reference_text" | "chosen"
+    baseline: str  # "sft" | "reference_text" | "chosen" | "best_of_n"
     win_rate: Optional[float]
-    stderr: Optional[float]
+    stderr: Optional[float]  # binomial, as the paper reports it
     n_valid: int
     n_invalid: int
+    headline: NotRequired[bool]  # the row at evaluate.headline_temperature
+    ci_low: NotRequired[Optional[float]]  # 95% percentile bootstrap over prompts
+    ci_high: NotRequired[Optional[float]]
+    lc_win_rate: NotRequired[Optional[float]]  # length-controlled (AlpacaEval 2 regression)
+    lc_ci_low: NotRequired[Optional[float]]
+    lc_ci_high: NotRequired[Optional[float]]
+    mean_length_policy: NotRequired[Optional[float]]  # tokens
+    mean_length_baseline: NotRequired[Optional[float]]
+    order_disagreement: NotRequired[Optional[float]]  # both orders: share of pairs whose verdicts differ
+    first_wins_share: NotRequired[Optional[float]]  # position bias: share of verdicts won by the text shown first
+    paper_dpo: NotRequired[float]  # the paper's Table 1, only on rows measured as it was
+    paper_ppo: NotRequired[float]
 
 
 class RewardKLRow(TypedDict):
-    """Mean reward of one policy's samples at one temperature, with its sequence-level
-    KL(policy || reference) when `evaluate.compute_kl` was on (else kl is None)."""
+    """Mean reward of one policy's samples at one temperature. kl is KL(policy || SFT) and may be set
+    only at T=1 (the only temperature whose samples are the policy's own); else None."""
 
-    policy: Literal["dpo", "sft"]
+    policy: str  # "dpo" | "sft" | "best_of_n"
     temperature: float
     mean_reward: float
     reward_stderr: Optional[float]
     kl: Optional[float]
+    reward_ci_low: NotRequired[Optional[float]]
+    reward_ci_high: NotRequired[Optional[float]]
 
 
-class OODRow(TypedDict):
-    """CNN/DailyMail (out-of-distribution) judge result for one (temperature, baseline)."""
+class FrontierRow(TypedDict):
+    """One policy's point on the reward/KL frontier, from its own T=1 samples (frontier.json)."""
 
-    temperature: float
-    baseline: str  # "reference_text" (the article's highlights, as in the paper) | "sft"
-    win_rate: Optional[float]
-    stderr: Optional[float]
-    n_valid: int
+    label: str  # "sft", "dpo", "dpo@step10", ...
+    policy: str  # "sft" | "dpo"
+    dpo_step: Optional[int]
+    temperature: float  # always 1.0
+    mean_reward: float
+    kl: float  # mean over prompts of the sequence-level KL, nats
+    n: int
+    reward_ci_low: NotRequired[Optional[float]]
+    reward_ci_high: NotRequired[Optional[float]]
+    kl_ci_low: NotRequired[Optional[float]]
+    kl_ci_high: NotRequired[Optional[float]]
+    series: NotRequired[str]  # a sweep member's name; one run's rows need none
+
+
+class OODRow(WinRateRow):
+    """Out-of-distribution judge result for one (temperature, baseline), with the policy's mean reward."""
+
     mean_reward: NotRequired[Optional[float]]
+
+
+class DataInfo(TypedDict, total=False):
+    """Where an evaluation's prompts came from, and how many were removed as training prompts."""
+
+    eval_source: str
+    candidate_prompts: int
+    overlap_removed: int
+    prompts: int
+
+
+class AgreementRow(TypedDict, total=False):
+    """The judge against human labels (alignpipe.judge.agreement)."""
+
+    source: str
+    judge: str
+    n: int
+    n_invalid: int
+    agreement: Optional[float]
+    ci_low: Optional[float]
+    ci_high: Optional[float]
+    order_disagreement: Optional[float]
+    first_wins_share: Optional[float]
 
 
 class StageRecord(TypedDict):
@@ -109,7 +159,13 @@ class ReportInputs:
     dpo_history: list[HistoryRow] = field(default_factory=list)
     win_rates: list[WinRateRow] = field(default_factory=list)
     reward_kl: list[RewardKLRow] = field(default_factory=list)
+    frontier: list[FrontierRow] = field(default_factory=list)
+    data: DataInfo = field(default_factory=dict)
+    judge_agreement: Optional[AgreementRow] = None
     ood: list[OODRow] = field(default_factory=list)
+    ood_data: DataInfo = field(default_factory=dict)
+    # what the OOD stage measured, in words (the report stage derives it from the OOD config)
+    ood_description: str = "CNN/DailyMail articles"
 
 
 # Rafailov et al. 2023, "Direct Preference Optimization", Table 1: GPT-4 win rate of policies
@@ -125,10 +181,9 @@ FIGURES = {
     "frontier": "reward_vs_kl.png",
     "dpo_training": "training_dpo.png",
     "sft_training": "training_sft.png",
-    "ood": "ood_vs_paper.png",
+    "ood": "ood_win_rates.png",
 }
 REPORT_FILE = "report.md"
-Z95 = 1.96
 TAIL_FRACTION = 0.1  # "final" training metrics: mean over the last 10% of logged steps
 
 
@@ -149,11 +204,19 @@ def _require(rows: Sequence[Mapping[str, Any]], keys: Iterable[str], section: st
             raise ValueError(f"{section} row {i} lacks {', '.join(missing)}: {dict(row)}")
 
 
+KL_TEMPERATURE = 1.0
+
+
 def validate(inputs: ReportInputs) -> None:
     _require(inputs.win_rates, WinRateRow.__required_keys__, "win_rates")
     _require(inputs.reward_kl, RewardKLRow.__required_keys__, "reward_kl")
+    _require(inputs.frontier, FrontierRow.__required_keys__, "frontier")
     _require(inputs.ood, OODRow.__required_keys__, "ood")
     _require(inputs.run.stages, StageRecord.__required_keys__, "run.stages")
+    for section, rows in (("reward_kl", inputs.reward_kl), ("frontier", inputs.frontier)):
+        for i, row in enumerate(rows):
+            if row["temperature"] != KL_TEMPERATURE and is_number(row.get("kl")):
+                raise ValueError(f"{section} row {i}: a KL at T={row['temperature']:g}; it is a KL of the policy only for T=1 samples")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,28 +267,30 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
-def ci95(win_rate: Optional[float], stderr: Optional[float]) -> Optional[tuple[float, float]]:
-    if not (is_number(win_rate) and is_number(stderr)):
-        return None
-    return win_rate - Z95 * stderr, win_rate + Z95 * stderr
+def row_ci(row: Mapping[str, Any], prefix: str = "") -> Optional[tuple[float, float]]:
+    """A row's 95% bootstrap interval (`<prefix>ci_low`, `<prefix>ci_high`), None when absent."""
+    lo, hi = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
+    return (lo, hi) if is_number(lo) and is_number(hi) else None
 
 
-def verdict(win_rate: Optional[float], stderr: Optional[float]) -> str:
-    """Whether the 95% interval (normal approximation) excludes a tie."""
-    interval = ci95(win_rate, stderr)
-    if interval is None:
+def fmt_ci(row: Mapping[str, Any], prefix: str = "", digits: int = 3) -> str:
+    interval = row_ci(row, prefix)
+    return "n/a" if interval is None else f"[{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+
+
+def verdict(row: Mapping[str, Any]) -> str:
+    """Whether the row's 95% bootstrap interval excludes a tie, in words."""
+    if not is_number(row.get("win_rate")):
         return "no valid verdicts"
+    interval = row_ci(row)
+    if interval is None:
+        return "no confidence interval"
     lo, hi = interval
     if lo > 0.5:
-        return "DPO preferred"
+        return f"DPO beats {row['baseline']}"
     if hi < 0.5:
-        return "baseline preferred"
+        return f"{row['baseline']} beats DPO"
     return "not distinguishable from a tie"
-
-
-def _ci_text(row: Mapping[str, Any]) -> str:
-    interval = ci95(row["win_rate"], row["stderr"])
-    return "n/a" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,22 +320,52 @@ def _valid(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if is_number(r["win_rate"])]
 
 
-def best_by_baseline(rows: Sequence[WinRateRow]) -> dict[str, WinRateRow]:
-    """Each baseline's row at the temperature where DPO did best."""
-    best: dict[str, WinRateRow] = {}
-    for row in _valid(rows):
-        current = best.get(row["baseline"])
-        if current is None or row["win_rate"] > current["win_rate"]:
-            best[row["baseline"]] = row
-    return best
+def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows at the configured headline temperature (evaluate.headline_temperature), per baseline."""
+    return [r for r in rows if r.get("headline")]
 
 
-def win_rate_section(rows: Sequence[WinRateRow], out_dir: Path) -> Section:
+def _win_rate_table(rows: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, Any]] = ()) -> list[str]:
+    """One line per (baseline, temperature): every statistic the evaluation measured for it."""
+    header = ["baseline", "T", "win rate", "95% CI", "LC win rate", "LC 95% CI", "length DPO", "length baseline",
+              "order disagreement", "first shown wins", "valid", "invalid", "verdict"] + [name for name, _ in extra]
+    body = []
+    for r in sorted(rows, key=lambda r: (r["baseline"], r["temperature"])):
+        line = [r["baseline"] + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
+                fmt_ci(r), fmt(r.get("lc_win_rate")), fmt_ci(r, "lc_"), fmt(r.get("mean_length_policy"), 1),
+                fmt(r.get("mean_length_baseline"), 1), fmt(r.get("order_disagreement")), fmt(r.get("first_wins_share")),
+                r["n_valid"], r["n_invalid"], verdict(r)]  # fmt: skip
+        body.append(line + [cell(r) for _, cell in extra])
+    return table(header, body)
+
+
+def _agreement_line(row: Optional[Mapping[str, Any]]) -> list[str]:
+    if not row or not is_number(row.get("agreement")):
+        return []
+    order = ""
+    if is_number(row.get("order_disagreement")):
+        order = f"; its two orders disagreed on {fmt(row['order_disagreement'])} of the pairs, first shown won {fmt(row.get('first_wins_share'))}"
+    return [
+        f"**The judge against humans:** on {row['n']} human-labelled pairs ({row['source']}) the judge preferred the "
+        f"human's choice {fmt(row['agreement'])} of the time, 95% CI {fmt_ci(row)} ({row.get('n_invalid', 0)} invalid{order}). "
+        "Win rates from this judge mean as much as this agreement: near 0.5, the judge is a coin flip on this task "
+        "(the paper found GPT-4 agreeing with humans about as often as humans agree with each other).",
+        "",
+    ]
+
+
+def win_rate_section(rows: Sequence[WinRateRow], agreement: Optional[AgreementRow], out_dir: Path) -> Section:
     section = Section(
-        "Win rate vs temperature (in distribution)",
-        "each point is the share of held-out prompts where the judge preferred the DPO sample over the "
-        "baseline's at that sampling temperature. Above the dashed 0.5 line DPO wins; bars are ±1 standard "
-        "error, so a point about two bars clear of 0.5 is a real difference rather than judge noise.",
+        "Win rate vs temperature (held-out prompts)",
+        "each row is the share of held-out prompts where the judge preferred the DPO sample over the baseline's "
+        "at that sampling temperature (ties and pairs the judge decided differently in the two orders count half). "
+        "The 95% CI is a percentile bootstrap over prompts; where it excludes 0.5 the difference is more than "
+        "sampling noise. The length-controlled (LC) win rate is AlpacaEval 2's: a logistic regression of the "
+        "judge's preference on the standardized length difference, read at zero difference; a raw win rate well "
+        "above its LC value means the judge is rewarding length. Lengths are mean tokens per sample. Order "
+        "disagreement and first-shown wins are the judge's position checks (n/a for a reward judge, which sees no "
+        "order); first-shown wins far from 0.5 means position bias. The headline row is at the temperature the "
+        "config fixes (`evaluate.headline_temperature`).",
     )
     if not rows:
         section.omitted = "no in-distribution win-rate results in this run."
@@ -281,81 +376,99 @@ def win_rate_section(rows: Sequence[WinRateRow], out_dir: Path) -> Section:
         section.body += ["No comparison produced a valid verdict, so there is nothing to plot.", ""]
     if len({r["temperature"] for r in rows}) == 1:
         section.body += ["Only one temperature was evaluated, so each baseline's curve is a single point.", ""]
-    ordered = sorted(rows, key=lambda r: (r["baseline"], r["temperature"]))
-    section.body += table(
-        ["baseline", "temperature", "win rate", "± stderr", "95% CI", "verdict", "valid", "invalid"],
-        (
-            [r["baseline"], fmt(r["temperature"], 2), fmt(r["win_rate"]), fmt(r["stderr"]), _ci_text(r),
-             verdict(r["win_rate"], r["stderr"]), r["n_valid"], r["n_invalid"]]
-            for r in ordered
-        ),
-    )
+    section.body += _agreement_line(agreement)
+    section.body += _win_rate_table(rows)
     return section
 
 
-def frontier_section(rows: Sequence[RewardKLRow], out_dir: Path) -> Section:
+def data_section(evaluate: Mapping[str, Any], ood: Mapping[str, Any]) -> Section:
     section = Section(
-        "Reward vs KL frontier",
-        "each point is one policy at one sampling temperature. Further left means closer to the reference "
-        "model (less KL spent), higher means more reward; at equal KL the higher point is the better "
-        "trade-off, which is how the DPO paper compares DPO with PPO.",
+        "Evaluation data",
+        "where the evaluation prompts came from, and how many candidate prompts were removed because they also "
+        "occur among the training prompts (the SFT examples and the DPO pairs, compared after normalizing case, "
+        "Unicode and whitespace): every number above is measured on the prompts that remain.",
     )
+    rows = [(name, d) for name, d in (("in distribution (evaluate)", evaluate), ("out of distribution (ood)", ood)) if d]
     if not rows:
-        section.omitted = "no reward/KL rows (the reward evaluation did not run)."
+        section.omitted = "the evaluation stages recorded no data provenance."
         return section
-    if any(is_number(r["kl"]) for r in rows):
-        section.figures.append(plots.reward_vs_kl(rows, out_dir / FIGURES["frontier"]))
-    else:
-        section.body += [
-            "KL was not measured (set `evaluate.compute_kl: true`), so the frontier plot is omitted; "
-            "the mean rewards are below.",
-            "",
-        ]
-    ordered = sorted(rows, key=lambda r: (r["policy"], r["temperature"]))
     section.body += table(
-        ["policy", "temperature", "mean reward", "± stderr", "KL (nats/seq)"],
-        ([r["policy"], fmt(r["temperature"], 2), fmt(r["mean_reward"]), fmt(r["reward_stderr"]), fmt(r["kl"])]
-         for r in ordered),
-    )
+        ["evaluation", "prompts from", "candidates", "removed (also training prompts)", "evaluated"],
+        ([name, d.get("eval_source", "n/a"), d.get("candidate_prompts", "n/a"), d.get("overlap_removed", "n/a"), d.get("prompts", "n/a")]
+         for name, d in rows),
+    )  # fmt: skip
     return section
 
 
-def ood_section(rows: Sequence[OODRow], out_dir: Path) -> Section:
+def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKLRow], out_dir: Path) -> Section:
     section = Section(
-        "Out of distribution: CNN/DailyMail",
-        "the policy summarizes news articles unlike its training prompts, and the judge compares each summary "
-        "with the article's reference highlights. Bars set our win rate beside the DPO paper's Table 1 at the "
-        "same temperature; absolute heights depend on model size and judge, so read the comparison as "
-        "'does DPO still beat the reference this often away from its training data', not as an exact match.",
+        "Reward vs KL frontier (T = 1)",
+        "each point is one policy (the SFT model, the final DPO policy and, with `evaluate.checkpoints`, DPO's "
+        "intermediate checkpoints), sampled at temperature 1: its mean reward against the mean sequence-level "
+        "KL(policy || SFT) of its own samples, scored on the sampled token ids. Only T=1 samples come from the "
+        "policy itself, so no other temperature has a KL. Further left is closer to the SFT model, higher is more "
+        "reward; at equal KL the higher policy is the better trade-off (the paper's Figure 2). Bars are 95% "
+        "bootstrap CIs over prompts.",
     )
+    if not frontier and not rewards:
+        section.omitted = "no reward rows (the evaluation did not use a reward judge)."
+        return section
+    if frontier:
+        section.figures.append(plots.reward_kl_frontier(frontier, out_dir / FIGURES["frontier"]))
+        section.body += table(
+            ["policy", "DPO step", "mean reward", "95% CI", "KL (nats/seq)", "KL 95% CI", "prompts"],
+            ([r["label"], fmt(r.get("dpo_step")), fmt(r["mean_reward"]), fmt_ci(r, "reward_"), fmt(r["kl"]), fmt_ci(r, "kl_"), r["n"]]
+             for r in frontier),
+        )  # fmt: skip
+        section.body += [""]
+    else:
+        section.body += ["KL was not measured (set `evaluate.compute_kl: true`), so there is no frontier; the mean rewards are below.", ""]
+    if rewards:
+        section.body += ["Mean reward of each policy's samples, per temperature:", ""]
+        section.body += table(
+            ["policy", "temperature", "mean reward", "95% CI"],
+            ([r["policy"], fmt(r["temperature"], 2), fmt(r["mean_reward"]), fmt_ci(r, "reward_")]
+             for r in sorted(rewards, key=lambda r: (r["policy"], r["temperature"]))),
+        )  # fmt: skip
+    return section
+
+
+def paper_comparable(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The OOD rows measured as the paper's Table 1 was (the evaluate stage marks them with paper_*)."""
+    return [r for r in rows if "paper_dpo" in r]
+
+
+def ood_section(rows: Sequence[OODRow], description: str, out_dir: Path) -> Section:
+    comparable = paper_comparable(rows)
+    how = (
+        f"what this measures: {description}. Each row is the share of articles where the judge preferred the DPO "
+        "policy's text over the baseline's, with a 95% bootstrap CI over articles, as in the section above."
+    )
+    if comparable:
+        how += (" Rows measured as the paper's Table 1 was (a summarization policy, an LLM judge with the news "
+                "prompt, the reference highlights as baseline) carry the paper's numbers beside them; absolute "
+                "heights depend on model size and judge (the paper's gpt-4-0314 is deprecated).")
+    else:
+        how += " These rows are not comparable with the paper's Table 1 (GPT-4, summaries vs reference highlights), which is therefore not shown."
+    section = Section(f"Out of distribution: {description}", how)
     if not rows:
         section.omitted = "the OOD stage produced no results."
         return section
     if _valid(rows):
-        section.figures.append(plots.ood_vs_paper(rows, PAPER_TABLE1, out_dir / FIGURES["ood"]))
-    if any(r["baseline"] != "reference_text" for r in rows):
-        section.body += [
-            "Rows whose baseline is not `reference_text` are not comparable with the paper, "
-            "which judged against the reference highlights.",
-            "",
-        ]
-    has_reward = any(is_number(r.get("mean_reward")) for r in rows)
-    header = ["baseline", "temperature", "win rate", "± stderr", "95% CI", "valid"]
-    header += ["mean reward"] if has_reward else []
-    header += [f"paper {m}" for m in PAPER_TABLE1]
-    body = []
-    for r in sorted(rows, key=lambda r: (r["baseline"], r["temperature"])):
-        line = [r["baseline"], fmt(r["temperature"], 2), fmt(r["win_rate"]), fmt(r["stderr"]), _ci_text(r), r["n_valid"]]
-        line += [fmt(r.get("mean_reward"))] if has_reward else []
-        line += [fmt(PAPER_TABLE1[m].get(r["temperature"]), 2) for m in PAPER_TABLE1]
-        body.append(line)
-    section.body += table(header, body)
-    section.body += ["", "Paper (Rafailov et al. 2023, Table 1, GPT-4 judge vs reference highlights):", ""]
-    temps = sorted({t for by_t in PAPER_TABLE1.values() for t in by_t})
-    section.body += table(
-        ["method"] + [f"T={t:g}" for t in temps],
-        ([m] + [fmt(PAPER_TABLE1[m].get(t), 2) for t in temps] for m in PAPER_TABLE1),
-    )
+        section.figures.append(plots.ood_win_rates(rows, PAPER_TABLE1 if comparable else None, out_dir / FIGURES["ood"]))
+    extra: list[tuple[str, Any]] = []
+    if any(is_number(r.get("mean_reward")) for r in rows):
+        extra.append(("mean reward DPO", lambda r: fmt(r.get("mean_reward"))))
+    if comparable:
+        extra += [(f"paper {m}", lambda r, m=m: fmt(r.get(f"paper_{m.lower()}"), 2)) for m in PAPER_TABLE1]
+    section.body += _win_rate_table(rows, extra)
+    if comparable:
+        section.body += ["", "Paper (Rafailov et al. 2023, Table 1, gpt-4-0314 judge vs reference highlights):", ""]
+        temps = sorted({t for by_t in PAPER_TABLE1.values() for t in by_t})
+        section.body += table(
+            ["method"] + [f"T={t:g}" for t in temps],
+            ([m] + [fmt(PAPER_TABLE1[m].get(t), 2) for t in temps] for m in PAPER_TABLE1),
+        )
     return section
 
 
@@ -448,26 +561,34 @@ def run_section(run: RunInfo) -> Section:
     return section
 
 
+def _headline_line(r: Mapping[str, Any], where: str) -> str:
+    lengths = ""
+    if is_number(r.get("mean_length_policy")):
+        lengths = f"; mean length DPO {fmt(r['mean_length_policy'], 1)} vs {fmt(r.get('mean_length_baseline'), 1)} tokens"
+    return (
+        f"- **{where}, DPO vs {r['baseline']} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
+        f"95% CI {fmt_ci(r)} over {r['n_valid']} prompts: {verdict(r)}.** Length-controlled win rate "
+        f"{fmt(r.get('lc_win_rate'))} {fmt_ci(r, 'lc_')}{lengths}."
+    )
+
+
 def headline(inputs: ReportInputs) -> list[str]:
     """The few lines a reader who stops after the title should take away."""
-    lines = []
-    by_baseline = best_by_baseline(inputs.win_rates)
-    n_temps = len({r["temperature"] for r in inputs.win_rates})
-    which = "the only temperature evaluated" if n_temps == 1 else f"the best of {n_temps} temperatures"
-    for baseline, r in by_baseline.items():
-        lines.append(
-            f"- **DPO vs {baseline}: win rate {fmt(r['win_rate'])} ± {fmt(r['stderr'])}** at temperature "
-            f"{r['temperature']:g} ({which}; {r['n_valid']} judged, {r['n_invalid']} invalid), "
-            f"95% CI {_ci_text(r)}: {verdict(r['win_rate'], r['stderr'])}."
-        )
-    for r in sorted(_valid(inputs.ood), key=lambda r: (r["baseline"], r["temperature"])):
-        paper = ", ".join(
-            f"{m} {PAPER_TABLE1[m][r['temperature']]:.2f}" for m in PAPER_TABLE1 if r["temperature"] in PAPER_TABLE1[m]
-        )
-        lines.append(
-            f"- **CNN/DailyMail (OOD) vs {r['baseline']}: {fmt(r['win_rate'])} ± {fmt(r['stderr'])}** at temperature "
-            f"{r['temperature']:g}" + (f" (paper: {paper})." if paper else ".")
-        )
+    lines = [_headline_line(r, "Held-out prompts") for r in headline_rows(inputs.win_rates)]
+    if inputs.win_rates and not lines:
+        lines.append("- No win-rate row is marked as the headline (evaluate.headline_temperature); see the table below.")
+    agreement = inputs.judge_agreement
+    if agreement and is_number(agreement.get("agreement")):
+        lines.append(f"- The judge agreed with human labels {fmt(agreement['agreement'])} of the time, 95% CI {fmt_ci(agreement)}, "
+                     f"on {agreement['n']} pairs ({agreement['source']}).")
+    if inputs.data:
+        lines.append(f"- Evaluation prompts: {inputs.data.get('eval_source', 'n/a')}; {inputs.data.get('overlap_removed', 0)} of "
+                     f"{inputs.data.get('candidate_prompts', 'n/a')} candidates also occur among the training prompts and were removed.")
+    for r in headline_rows(inputs.ood):
+        line = _headline_line(r, f"Out of distribution ({inputs.ood_description})")
+        if "paper_dpo" in r:
+            line += " Paper (Table 1): " + ", ".join(f"{m} {r[f'paper_{m.lower()}']:.2f}" for m in PAPER_TABLE1 if f"paper_{m.lower()}" in r) + "."
+        lines.append(line)
     acc, margin = tail_mean(inputs.dpo_history, "rewards/accuracies"), tail_mean(inputs.dpo_history, "rewards/margins")
     if acc is not None or margin is not None:
         lines.append(
@@ -487,9 +608,10 @@ def write_report(out_dir: str | Path, inputs: ReportInputs) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = [
-        win_rate_section(inputs.win_rates, out_dir),
-        frontier_section(inputs.reward_kl, out_dir),
-        ood_section(inputs.ood, out_dir),
+        win_rate_section(inputs.win_rates, inputs.judge_agreement, out_dir),
+        data_section(inputs.data, inputs.ood_data),
+        frontier_section(inputs.frontier, inputs.reward_kl, out_dir),
+        ood_section(inputs.ood, inputs.ood_description, out_dir),
         training_section(inputs, out_dir),
         run_section(inputs.run),
     ]

@@ -11,12 +11,11 @@ from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
-from alignpipe.plots import DPI, PALETTE, is_number
+from alignpipe.plots import PALETTE, is_number, reward_kl_frontier, save_figure
 from alignpipe.stages.artifacts import read_eval_tables, read_history
 
 REPORT = "sweep_report.md"
 FIGURES = {"frontier": "frontier.png", "win_rate": "win_rate_vs_grid.png", "training": "training_curves.png"}
-FRONTIER_T = 1.0  # KL is only an estimate of KL(pi || ref) on samples drawn at temperature 1
 
 
 def member_rows(points, results) -> list[dict[str, Any]]:
@@ -31,42 +30,33 @@ def member_rows(points, results) -> list[dict[str, Any]]:
             "dpo_key": dpo.key[:12],
             "dpo": dpo.metrics,
             "win_rates": evaluate["win_rates"],
-            "reward_kl": evaluate["reward_kl"],
+            "frontier": evaluate["frontier"],
             "history": read_history(dpo.out_dir),
             "report": result.summary()["report"],
         })  # fmt: skip
     return rows
 
 
-def frontier_points(row: dict[str, Any]) -> list[tuple[float, float]]:
-    """(KL, mean reward) of the member's DPO policy at T=1, when both were measured."""
-    return [(r["kl"], r["mean_reward"]) for r in row["reward_kl"]
-            if r["policy"] == "dpo" and r["temperature"] == FRONTIER_T and is_number(r.get("kl")) and is_number(r.get("mean_reward"))]  # fmt: skip
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+def frontier_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every member's frontier.json rows (its DPO policy and checkpoints, each from T=1 samples), the
+    member named as the series; SFT points once per distinct SFT model."""
+    out, sft_seen = [], set()
+    for row in rows:
+        for point in row["frontier"]:
+            if point["policy"] == "sft":
+                key = (point["mean_reward"], point["n"])
+                if key in sft_seen:
+                    continue
+                sft_seen.add(key)
+            out.append({**point, "series": row["label"]})
+    return out
 
 
 def plot_frontier(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
-    points = [(row["label"], *pt) for row in rows for pt in frontier_points(row)]
-    if not points:
+    points = frontier_rows(rows)
+    if not any(p["policy"] != "sft" for p in points):
         return None
-    fig = Figure(figsize=(6.4, 4.4))
-    ax = fig.add_subplot()
-    for i, (label, kl, reward) in enumerate(points):
-        ax.scatter([kl], [reward], color=PALETTE[i % len(PALETTE)], s=40, label=label, zorder=3)
-    sft = [r["mean_reward"] for row in rows for r in row["reward_kl"] if r["policy"] == "sft" and r["temperature"] == FRONTIER_T]
-    if sft:
-        ax.scatter([0.0], [sum(sft) / len(sft)], marker="s", color="black", label="SFT (reference)", zorder=3)
-    ax.set_xlabel("KL(policy || SFT), nats, T = 1 samples")
-    ax.set_ylabel("mean reward")
-    ax.set_title("Reward / KL frontier across sweep members")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return reward_kl_frontier(points, path, title="Reward / KL frontier across sweep members (T = 1)")
 
 
 def plot_win_rate_vs_grid(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -83,19 +73,21 @@ def plot_win_rate_vs_grid(rows: Sequence[dict[str, Any]], path: Path) -> Path | 
         for r in rows:
             first = next((w for w in r["win_rates"] if w["temperature"] == t), None)  # the first baseline's row
             if first is not None and is_number(first["win_rate"]):
-                pts.append((r["values"][key], first["win_rate"], first["stderr"] if is_number(first["stderr"]) else 0.0))
+                low, high = first.get("ci_low"), first.get("ci_high")
+                below, above = (first["win_rate"] - low, high - first["win_rate"]) if is_number(low) and is_number(high) else (0.0, 0.0)
+                pts.append((r["values"][key], first["win_rate"], below, above))
         if pts:
             pts.sort()
-            x, y, e = zip(*pts)
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=4, color=PALETTE[i % len(PALETTE)], label=f"T = {t:g}")
+            x, y, below, above = zip(*pts)
+            ax.errorbar(x, y, yerr=[below, above], marker="o", capsize=4, color=PALETTE[i % len(PALETTE)], label=f"T = {t:g}")
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_xlabel(key)
     ax.set_ylabel("DPO win rate (held-out prompts)")
-    ax.set_title(f"Win rate vs {key} (error bars: ±1 stderr)")
+    ax.set_title(f"Win rate vs {key} (error bars: 95% bootstrap CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
@@ -114,29 +106,37 @@ def plot_training(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if is_number(value) else "-"
 
 
+def _win_rate_cell(w: dict[str, Any] | None) -> str:
+    if not w or not is_number(w["win_rate"]):
+        return "-"
+    ci = f" [{w['ci_low']:.2f}, {w['ci_high']:.2f}]" if is_number(w.get("ci_low")) and is_number(w.get("ci_high")) else ""
+    return f"{w['win_rate']:.2f}{ci} vs {w['baseline']}"
+
+
 def markdown(rows: Sequence[dict[str, Any]], figures: dict[str, Path | None]) -> str:
     lines = ["# alignpipe sweep report", "", f"{len(rows)} members; stages they share were computed once and reused.", ""]
     temps = sorted({w["temperature"] for r in rows for w in r["win_rates"]})
-    header = ["member", "dpo key", "final loss", "reward acc."] + [f"win rate T={t:g}" for t in temps] + ["KL (T=1)", "reward (T=1)"]
+    header = ["member", "dpo key", "final loss", "reward acc."] + [f"win rate T={t:g} [95% CI]" for t in temps] + ["KL (T=1)", "reward (T=1)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         wr = {w["temperature"]: w for w in r["win_rates"]}
         cells = [f"`{r['label']}`", f"`{r['dpo_key']}`", _fmt(r["dpo"].get("final_loss")), _fmt(r["dpo"].get("final_reward_accuracy"))]
         for t in temps:
             w = wr.get(t)
-            cells.append(f"{w['win_rate']:.2f} ± {w['stderr']:.2f} vs {w['baseline']}" if w and is_number(w["win_rate"]) and is_number(w["stderr"]) else "-")
-        pts = frontier_points(r)
-        cells += [_fmt(pts[0][0]) if pts else "-", _fmt(pts[0][1]) if pts else "-"]
+            cells.append(_win_rate_cell(w))
+        final = next((p for p in r["frontier"] if p["label"] == "dpo"), None)  # the final DPO policy at T=1
+        cells += [_fmt(final["kl"]) if final else "-", _fmt(final["mean_reward"]) if final else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    captions = {"frontier": "Reward against KL from the SFT reference, each member's DPO policy on T = 1 samples.",
+    captions = {"frontier": "Reward against KL from the SFT reference on T = 1 samples: each member's DPO policy (and its "
+                            "checkpoints with evaluate.checkpoints), error bars 95% bootstrap CIs.",
                 "win_rate": "Win rate against the swept value, one line per sampling temperature.",
                 "training": "The members' DPO training curves."}  # fmt: skip
     for name, path in figures.items():

@@ -61,8 +61,9 @@ class DataConfig(Strict):
     column_map: dict[str, str] = {}  # task=local: our field -> file column
     sft_size: int = Field(1000, ge=1)
     prompt_size: int = Field(1000, ge=1)  # prompts for preference sampling
-    eval_size: int = Field(256, ge=1)  # held-out prompts for evaluation
-    prefix_tokens: tuple[int, int] = (2, 8)  # IMDb: prompt = first 2..8 tokens of a review
+    # evaluation prompts: from the test split (hub, or <dir>/<name>.test.jsonl), else this many held out
+    eval_size: int = Field(256, ge=1)
+    prefix_tokens: tuple[int, int] = (2, 8)  # IMDb: prompt = a review's first k tokens (model tokenizer), k in 2..8
     seed: int = 0
 
 
@@ -129,7 +130,9 @@ class JudgeConfig(Strict):
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(6, ge=0)
     timeout_s: float = Field(60.0, gt=0)
-    both_orders: bool = False
+    # each pair judged A/B and B/A; the two verdicts' mean is the item's score, so a pair judged
+    # inconsistently counts as a tie (as MT-Bench does). Order-insensitive judges (reward) ask once.
+    both_orders: bool = True
     seed: int = 0
     # $ per 1k tokens, backend=openai; either one unset: the cost is reported as unknown, never guessed
     price_per_1k_input: Optional[float] = Field(None, ge=0)
@@ -186,27 +189,51 @@ class DPOConfig(TrainConfig):
         return self
 
 
-Baseline = Literal["sft", "reference_text", "chosen"]
+Baseline = Literal["sft", "reference_text", "chosen", "best_of_n"]
 
 
 class EvaluationConfig(Strict):
     """The protocol shared by in-distribution evaluation and the OOD test: sample the DPO policy (and
-    the SFT model) at each temperature, judge against each baseline."""
+    the SFT model) at each temperature, judge against each baseline; bootstrap CIs over prompts."""
 
     temperatures: list[Temperature] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
+    # the temperature the headline reports: fixed here, never the best of several noisy estimates
+    headline_temperature: Temperature = 1.0
     baselines: list[Baseline] = Field(["sft"], min_length=1)
-    compute_kl: bool = False  # sequence-level KL(policy || SFT) for the reward/KL frontier
+    # sequence-level KL(policy || SFT) of T=1 samples (the only temperature at which it is a KL of the
+    # policy) and the reward/KL frontier; needs a reward judge and generation.top_p 1
+    compute_kl: bool = False
+    bootstrap_samples: int = Field(2000, ge=100)  # resamples of the prompts for every 95% CI
     generation: SamplingConfig = SamplingConfig()
     judge: JudgeConfig = JudgeConfig()
+
+    @model_validator(mode="after")
+    def _headline_and_kl(self) -> "EvaluationConfig":
+        if self.headline_temperature not in self.temperatures:
+            raise ValueError(f"headline_temperature {self.headline_temperature:g} is not one of the evaluated temperatures {self.temperatures}")
+        if self.compute_kl and self.generation.top_p != 1.0:
+            raise ValueError("compute_kl needs generation.top_p 1: nucleus samples are not drawn from the policy, so their KL is not the policy's")
+        if self.compute_kl and self.judge.backend != "reward":
+            raise ValueError("compute_kl (the reward/KL frontier) needs judge.backend 'reward' for the reward axis")
+        return self
 
 
 class EvaluateConfig(EvaluationConfig):
     n_prompts: int = Field(256, ge=1)
+    best_of_n: int = Field(4, ge=2)  # baseline best_of_n: N SFT samples per prompt, the one pairs.labeler scores best
+    # also put the DPO policy at every this-many optimizer steps on the frontier (0: the final policy
+    # only); a multiple of dpo.checkpoint_every, since the snapshots are the training checkpoints.
+    # The DPO stage keeps those snapshots, so it keys on this value too.
+    checkpoints: int = Field(0, ge=0)
+    # judge this many human-labelled pairs (TL;DR comparisons, HH chosen/rejected) with the
+    # configured judge and report its agreement with the human label (0: off)
+    human_agreement: int = Field(0, ge=0)
 
 
 class OODConfig(EvaluationConfig):
     n_articles: int = Field(256, ge=1)
     temperatures: list[Temperature] = Field([0.0, 0.25], min_length=1)
+    headline_temperature: Temperature = 0.0
     baselines: list[Literal["reference_text", "sft"]] = Field(["reference_text"], min_length=1)
     article_chars: Optional[int] = Field(None, ge=16)  # truncate articles (demo: the opening only)
     judge: JudgeConfig = JudgeConfig(template="news")
@@ -248,4 +275,19 @@ class PipelineConfig(Strict):
     ood: OODConfig = OODConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _evaluation_fits_the_pipeline(self) -> "PipelineConfig":
+        """Evaluation settings that depend on other sections, checked at load rather than mid-run."""
+        ev = self.evaluate
+        if ev.checkpoints and (not self.dpo.checkpoint_every or ev.checkpoints % self.dpo.checkpoint_every):
+            raise ValueError(
+                f"evaluate.checkpoints: {ev.checkpoints} must be a multiple of dpo.checkpoint_every "
+                f"({self.dpo.checkpoint_every}): the evaluated snapshots are DPO's training checkpoints"
+            )
+        if "best_of_n" in ev.baselines and self.pairs.source != "sampled":
+            raise ValueError("evaluate.baselines: 'best_of_n' needs pairs.source 'sampled' (its labeller picks the best of N)")
+        if ev.human_agreement and self.data.task not in ("tldr", "hh", "ultrafeedback", "local"):
+            raise ValueError(f"evaluate.human_agreement: task '{self.data.task}' has no human-labelled pairs to check the judge against")
+        return self
 

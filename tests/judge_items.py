@@ -23,6 +23,7 @@ def judge_for(base_url, cache_dir, *, backoff_base_s=0.001, backoff_max_s=0.01, 
         timeout_s=5.0,
         price_per_1k_input=PRICE_IN,
         price_per_1k_output=PRICE_OUT,
+        both_orders=False,  # these tests count requests per item; both orders is tested where asked for
     )
     cfg = JudgeConfig(**{**settings, **overrides})
     return make_judge(cfg, cache_dir, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s)

@@ -98,7 +98,7 @@ def test_too_few_examples_names_the_data_and_the_batch_size(setup):
         (["stage", "bogus"], ["stage bogus", "unknown stage"]),
         (["schedule", "--cron", "every night"], ["--cron 'every night'", "not a valid cron"]),
         (["run", "--set", "orchestration.retries={evaluat: 2}"], ["orchestration.retries", "evaluat"]),
-        (["run", "--set", "evaluate.judge.backend=openai"], ["evaluate.judge", "OPENAI_API_KEY"]),
+        (["run", "--set", "evaluate.judge.backend=openai", "--set", "evaluate.compute_kl=false"], ["evaluate.judge", "OPENAI_API_KEY"]),
         (["run", "--set", "ood.judge.backend=local", "--set", "ood.judge.local_model=/no/judge"], ["ood.judge.local_model", "/no/judge"]),
     ],
     ids=["unknown-key", "negative-beta", "negative-temperature", "removed-setting", "cdpo-no-smoothing",

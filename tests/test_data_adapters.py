@@ -73,6 +73,20 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
         data_dir_file(tmp_path, "imdb")
 
 
+def test_the_held_out_split_reads_the_test_file_of_a_data_dir(tmp_path):
+    write_jsonl(tmp_path / "hh_rlhf.jsonl", [{"chosen": HH_PROMPT + " Train a.", "rejected": HH_PROMPT + " Train b."}])
+    with pytest.raises(SourceUnavailable, match=r"hh_rlhf\.test\.jsonl: not found in data dir \(expected hh_rlhf\.test\.jsonl\)"):
+        adapters.hh_rlhf(tmp_path, "test")
+    write_jsonl(tmp_path / "hh_rlhf.test.jsonl", [{"chosen": HH_PROMPT + " Test a.", "rejected": HH_PROMPT + " Test b."}])
+    assert adapters.hh_rlhf(tmp_path, "test")[0]["chosen"] == " Test a."
+    assert adapters.hh_rlhf(tmp_path, "train")[0]["chosen"] == " Train a."
+    for name in ("tldr_comparisons.jsonl", "tldr_comparisons.test.jsonl", "cnn_dailymail.jsonl"):
+        (tmp_path / name).write_text("")
+    assert data_dir_file(tmp_path, "tldr_comparisons", "validation").name == "tldr_comparisons.test.jsonl"
+    assert data_dir_file(tmp_path, "tldr_comparisons", "train").name == "tldr_comparisons.jsonl"
+    assert data_dir_file(tmp_path, "cnn_dailymail", "test").name == "cnn_dailymail.jsonl"  # its one file is the test set
+
+
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
 def test_offline_env_means_hub_unavailable_without_trying(monkeypatch, variable):
     import datasets

@@ -97,9 +97,30 @@ def test_stops_at_eos_per_row(tiny_model, smol_tokenizer):
             assert result.num_new_tokens[j] == 8
 
 
+def test_result_keeps_the_exact_prompt_and_sampled_ids(tiny_model, smol_tokenizer):
+    """What KL scoring needs: the ids the model was conditioned on and the ids it drew, the stopping
+    EOS included, and whether the sample stopped or was cut at max_new_tokens."""
+    model = tiny_model
+    free_run = _greedy_alone(model, smol_tokenizer, PROMPTS[4], 8)
+    model.generation_config = copy.deepcopy(model.generation_config)
+    model.generation_config.eos_token_id = [smol_tokenizer.eos_token_id, free_run[2]]  # one row stops early
+    result = generate(model, smol_tokenizer, PROMPTS, max_new_tokens=8, temperature=0, batch_size=3)
+    stops = [smol_tokenizer.eos_token_id, free_run[2]]
+    for i, prompt in enumerate(PROMPTS):
+        assert result.prompt_ids[i] == smol_tokenizer(prompt).input_ids  # unpadded, as tokenized
+        ids = result.token_ids[i]
+        assert ids == _greedy_alone(model, smol_tokenizer, prompt, 8)[: len(ids)]
+        assert len(ids) == result.num_new_tokens[i]
+        assert result.finished[i] == (ids[-1] in stops) and (result.finished[i] or len(ids) == 8)
+        assert result.texts[i] == smol_tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=True)
+    i = PROMPTS.index(PROMPTS[4])
+    assert result.finished[i] and result.token_ids[i][-1] == free_run[2]
+    assert not all(result.finished)  # some rows ran to max_new_tokens without an EOS
+
+
 def test_empty_prompt_list_and_bad_arguments(tiny_model, smol_tokenizer):
     empty = generate(tiny_model, smol_tokenizer, [], max_new_tokens=4, temperature=0)
-    assert empty.texts == [] and empty.num_new_tokens == []
+    assert empty.texts == [] and empty.num_new_tokens == [] and empty.token_ids == [] and empty.prompt_ids == []
     with pytest.raises(ValueError, match="temperature"):
         generate(tiny_model, smol_tokenizer, ["a"], max_new_tokens=4, temperature=-1)
     with pytest.raises(ValueError, match="prompt 1 is empty"):

@@ -109,6 +109,38 @@ def test_summarize_both_orders_averages_and_measures_disagreement():
     assert r.win_rate == pytest.approx(2.5 / 4) and (r.n_valid, r.n_invalid) == (4, 1)
     assert r.disagreement_rate == pytest.approx(1 / 3)  # over the 3 items valid in both orders
     assert [len(v) for v in r.by_item()] == [2] * 5
+    # position bias: the first shown text's result is policy_wins in policy-first order, 1 - policy_wins otherwise
+    firsts = [x if j == 0 else 1.0 - x for p in pairs for j, x in enumerate(p) if x is not None]
+    assert r.first_wins_share == pytest.approx(sum(firsts) / len(firsts)) and r.metrics()["first_wins_share"] == r.first_wins_share
+
+
+def test_an_order_inconsistent_pair_is_a_tie_and_position_bias_shows():
+    """A judge that always picks A: every pair judged both ways disagrees with itself, so every item
+    is a tie (0.5, MT-Bench's rule), and the text shown first wins every time."""
+    always_a = [_v(1.0, order=POLICY_FIRST), _v(0.0, order=BASELINE_FIRST)] * 3  # first_wins = 1 in both orders
+    r = summarize(always_a, 2)
+    assert r.item_wins == [0.5] * 3 and r.win_rate == 0.5
+    assert r.disagreement_rate == 1.0 and r.first_wins_share == 1.0
+    assert summarize(always_a, 2, order_sensitive=False).first_wins_share is None  # a reward judge sees no order
+
+
+def test_llm_judges_ask_both_orders_by_default(tmp_path):
+    """With the default config an order-sensitive judge sees every pair as A/B and as B/A."""
+    from alignpipe.judge import Comparison, Judge
+    from alignpipe.judge.backend import Answer
+    from pipeline_config.schema import JudgeConfig
+
+    class AlwaysFirst:
+        name, model_id, order_sensitive = "fake", "always-a", True
+
+        def answer(self, requests, on_answer):
+            for r in requests:
+                on_answer(r, Answer(1.0, "Preferred: A"))
+
+    judge = Judge(AlwaysFirst(), tmp_path, template="summarization", both_orders=JudgeConfig().both_orders)
+    result = judge.judge([Comparison("POST: p\n\nTL;DR:", "x", "y"), Comparison("POST: q\n\nTL;DR:", "u", "v")])
+    assert [[v.order for v in item] for item in result.by_item()] == [[POLICY_FIRST, BASELINE_FIRST]] * 2
+    assert result.item_wins == [0.5, 0.5] and result.first_wins_share == 1.0 and result.disagreement_rate == 1.0
 
 
 def test_retry_policy():

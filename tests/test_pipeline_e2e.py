@@ -37,6 +37,22 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert not list((store / "dpo").glob(".resume-*")), "checkpoints are removed once the stage is published"
     pairs = json.loads(next((store / "pairs").glob("*/stats.json")).read_text())
     assert pairs["pairs"] > 0 and pairs["pairs"] + pairs["ties"] == 6 * pairs["prompts"]
+    # the frontier: SFT, DPO's snapshots every evaluate.checkpoints steps, the final policy; all at T=1
+    n_steps = len((dpo_dir / "history.jsonl").read_text().splitlines())
+    kept = list(range(4, n_steps, 4))  # every 4 steps before the last (the last is the published model)
+    assert n_steps > 4 and sorted(p.name for p in (dpo_dir / "snapshots").glob("*.safetensors")) == [f"step-{k:08d}.safetensors" for k in kept]
+    evaluate_dir = next((store / "evaluate").glob("*/manifest.json")).parent
+    # the best-of-N baseline: 3 SFT samples per prompt, the one the pairs stage's labeller (VADER) scores best
+    assert [r["baseline"] for r in json.loads((evaluate_dir / "win_rates.json").read_text())] == ["sft", "best_of_n"]
+    from alignpipe.rewards import VaderScorer
+
+    vader = VaderScorer()
+    for s in map(json.loads, (evaluate_dir / "samples.jsonl").read_text().splitlines()):
+        scores = vader.score([s["prompt"] + c for c in s["best_of_n_candidates"]])
+        assert len(scores) == 3 and s["best_of_n"] == s["best_of_n_candidates"][scores.index(max(scores))]
+    frontier = json.loads((evaluate_dir / "frontier.json").read_text())
+    assert [(r["label"], r["dpo_step"], r["temperature"]) for r in frontier] == [
+        ("sft", 0, 1.0), *[(f"dpo@step{k}", k, 1.0) for k in kept], ("dpo", n_steps, 1.0)]
 
     second = alignpipe_pipeline(config=params)
     assert second["executed"] == [] and second["reused"] == ALL
@@ -49,6 +65,7 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     parent = mlflow.get_run(first["mlflow_run_id"])
     assert parent.data.tags["pipeline"] == "tiny" and parent.info.status == "FINISHED"
     assert "dpo/final_loss" in parent.data.metrics and "evaluate/win_rate/sft/t1" in parent.data.metrics
+    assert parent.data.metrics["evaluate/data/overlap_removed"] >= 0 and "evaluate/win_rate/sft/t1/ci_low" in parent.data.metrics
     children = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["stage"] for r in children) == sorted(ALL)
     assert all(r.data.tags["cached"] == "false" for r in children)
@@ -68,7 +85,7 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     by_stage = {r.data.tags["stage"]: r for r in children}
     inputs = {stage: [(d.dataset.name, [t.value for t in d.tags]) for d in run.inputs.dataset_inputs] for stage, run in by_stage.items()}
     assert inputs["sft"] == [("sft-examples", ["training"])] and inputs["pairs"] == [("preference-pairs", ["training"])]
-    assert inputs["evaluate"] == [("eval-prompts", ["evaluation"])] and inputs["ood"] == [("ood-prompts", ["evaluation"])]
+    assert inputs["evaluate"] == [("evaluate-prompts", ["evaluation"])] and inputs["ood"] == [("ood-prompts", ["evaluation"])]
     sft_input = by_stage["sft"].inputs.dataset_inputs[0].dataset
     assert sft_input.source.endswith(".jsonl") and len(sft_input.digest) > 8
     import mlflow as mlflow_api

@@ -40,6 +40,8 @@ def test_a_beta_sweep_shares_upstream_stages_and_reports_across_members(tmp_path
     report = Path(re.search(r"sweep report: (\S+)", result.output).group(1))
     text = report.read_text()
     assert "`dpo.beta=0.1`" in text and "`dpo.beta=0.5`" in text
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| `dpo.beta")}
+    assert all(float(cells[-3]) >= 0 and float(cells[-2]) == float(cells[-2]) for cells in rows.values())  # KL, reward at T=1
     for figure in ("frontier.png", "win_rate_vs_grid.png", "training_curves.png"):
         assert (report.parent / figure).stat().st_size > 1000, figure
 

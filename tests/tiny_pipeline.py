@@ -20,7 +20,8 @@ def tiny_pipeline_config(tmp_path: Path, model_dir: Path, name: str = "tiny.yaml
         "sft": {"batch_size": 8, "micro_batch_size": 4},
         "pairs": {"generation": {"max_new_tokens": 10}},
         "dpo": {"batch_size": 4, "micro_batch_size": 4, "checkpoint_every": 2},
-        "evaluate": {"n_prompts": 6, "temperatures": [1.0], "generation": {"max_new_tokens": 10}},
+        "evaluate": {"n_prompts": 6, "temperatures": [1.0], "generation": {"max_new_tokens": 10}, "checkpoints": 4,
+                     "baselines": ["sft", "best_of_n"], "best_of_n": 3},
         "ood": {"n_articles": 4, "temperatures": [0.0], "generation": {"max_new_tokens": 10}},
     }
     for section, values in sections.items():

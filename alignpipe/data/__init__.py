@@ -5,11 +5,14 @@ from alignpipe.data.sources import DATASET_NAMES, SourceUnavailable, resolve_dat
 from alignpipe.data.tasks import (
     describe_source,
     generation_prompts,
+    human_label_pairs,
     human_pairs,
     load_source,
     ood_articles,
     ood_prompts,
     sft_examples,
+    task_split,
+    validate_task_data,
 )
 
 __all__ = [
@@ -19,6 +22,7 @@ __all__ = [
     "SourceUnavailable",
     "describe_source",
     "generation_prompts",
+    "human_label_pairs",
     "human_pairs",
     "load_source",
     "ood_articles",
@@ -26,4 +30,6 @@ __all__ = [
     "read_records",
     "resolve_data_dir",
     "sft_examples",
+    "task_split",
+    "validate_task_data",
 ]

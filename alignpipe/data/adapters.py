@@ -10,7 +10,9 @@ hub dataset's rows into the same layout, so everything downstream sees one shape
     cnn_dailymail     id, article, highlights    (abisee/cnn_dailymail 3.0.0)
     ultrafeedback     prompt, chosen, rejected   (HuggingFaceH4/ultrafeedback_binarized)
 
-`split` only matters for the hub: a data-dir file is the whole dataset.
+In a data dir, `<name>.jsonl` is the dataset (its training data when a test file is beside it);
+the dataset's held-out split (sources.EVAL_SPLITS, e.g. "test") reads `<name>.test.jsonl` instead.
+On the hub `split` names the split.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def _rows_and_source(
     """(rows, how errors name their source): the data-dir file, or the hub split mapped by `hub_row`
     (which returns None for rows that do not belong to this dataset, e.g. CNN/DM comparisons)."""
     if data_dir is not None:
-        path = data_dir_file(data_dir, name)
+        path = data_dir_file(data_dir, name, split)
         return read_rows(path), str(path)
     repo_id = HUB_DATASETS[name]
     rows = hub_rows(repo_id, split, config, revision)

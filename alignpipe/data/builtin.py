@@ -1,8 +1,9 @@
 """The small built-in sets shipped in `alignpipe/builtin_data/`, for demos with neither data dir nor hub.
 
-They were written for this project (not copied from any dataset): about 80 short movie reviews in
-the IMDb layout (text, label) and about 40 invented news-article openings in the CNN/DailyMail layout
-(id, article, highlights). Enough to exercise every stage on a laptop, far too few to measure anything.
+Real samples, copied verbatim from the project's ../shared/data (alignpipe/builtin_data/README.md
+gives source, selection and citation): 300 IMDb reviews and 40 CNN/DailyMail articles with their
+highlights, both from their datasets' test splits. Enough to run every stage on a laptop and to
+measure a large effect; too few for a precise one.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from alignpipe.data.adapters import CNN_FIELDS, IMDB_FIELDS
 from alignpipe.data.records import read_records
 
-BUILTIN_FILES = {"imdb": "movie_reviews.jsonl", "cnn_dailymail": "news_openings.jsonl"}
+BUILTIN_FILES = {"imdb": "imdb.jsonl", "cnn_dailymail": "cnn_dailymail.jsonl"}
 _FIELDS = {"imdb": IMDB_FIELDS, "cnn_dailymail": CNN_FIELDS}
 
 

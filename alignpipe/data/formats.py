@@ -1,5 +1,5 @@
 """Pure text transforms shared by the adapters: HH dialogue splitting, the TL;DR prompt format,
-IMDb markup cleaning and word prefixes. No I/O here, so every rule is easy to test on its own."""
+IMDb markup cleaning, word and token prefixes. No I/O here, so every rule is easy to test on its own."""
 from __future__ import annotations
 
 import re
@@ -32,6 +32,19 @@ def word_prefix(text: str, n_words: int) -> str:
         if i + 1 == n_words:
             break
     return text[:end]
+
+
+def token_prefix(text: str, tokenizer, n_tokens: int) -> str:
+    """The text of its first `n_tokens` tokens (no special tokens), cut from the text itself at the
+    last token's end offset so the prompt is an exact prefix of the review (the paper's IMDb prompts
+    are prefixes of 2 to 8 tokens). A text shorter than that is returned whole."""
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    if len(offsets) <= n_tokens:
+        return text
+    return text[: offsets[n_tokens - 1][1]]
 
 
 def split_dialogue(dialogue: str) -> tuple[str, str]:

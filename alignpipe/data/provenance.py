@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from alignpipe.data.builtin import BUILTIN_FILES, builtin_path
-from alignpipe.data.sources import HUB_DATASETS, data_dir_file, hub_offline, resolve_data_dir
+from alignpipe.data.sources import EVAL_SPLITS, HUB_DATASETS, SourceUnavailable, data_dir_file, hub_offline, resolve_data_dir
 from pipeline_config.schema import DataConfig
 
 # The dataset behind each task's SFT data and prompts, and behind its human preference pairs.
@@ -31,3 +31,18 @@ def task_dataset(cfg: DataConfig) -> str:
 
 def source_of(cfg: DataConfig, name: str) -> tuple[str, str]:
     return (str(Path(cfg.local_path).resolve()), "local") if name == "local" else dataset_source(cfg, name)
+
+
+def eval_source_of(cfg: DataConfig) -> tuple[str, str]:
+    """(source, source_type) of the evaluation prompts: the task's held-out split where it has one
+    (`<name>.test.jsonl` in the data dir, or the hub's split), else the file the training data is from."""
+    name = task_dataset(cfg)
+    split = EVAL_SPLITS.get(name)
+    data_dir = resolve_data_dir(cfg.dir) if name != "local" else None
+    if split is not None and data_dir is not None:
+        try:
+            return str(data_dir_file(data_dir, name, split).resolve()), "local"
+        except SourceUnavailable:
+            pass
+    source, kind = source_of(cfg, name)
+    return (f"{source}#{split}" if kind == "hub" and split else source), kind

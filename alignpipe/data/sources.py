@@ -24,6 +24,14 @@ HUB_DATASETS = {
     "cnn_dailymail": "abisee/cnn_dailymail",
     "ultrafeedback": "HuggingFaceH4/ultrafeedback_binarized",
 }
+# The held-out split each dataset offers, if any: on the hub that split, in a data dir the optional
+# file `<name>.test.jsonl` beside `<name>.jsonl` (whatever the hub calls the split). Evaluation
+# prompts come from it when it is there; otherwise they are held out from the one file.
+# cnn_dailymail is absent: its data-dir file already is the (test) set the OOD stage reads.
+EVAL_SPLITS = {"imdb": "test", "tldr": "test", "tldr_comparisons": "validation", "hh_rlhf": "test",
+               "ultrafeedback": "test_prefs"}
+TEST_FILE_SUFFIX = ".test.jsonl"
+
 # What each task may read: its own data, TL;DR's comparisons, and CNN/DailyMail for the OOD test.
 _TASK_DATASETS = {
     "imdb": ("imdb",),
@@ -52,13 +60,15 @@ def resolve_data_dir(data_dir: Optional[str | Path]) -> Optional[Path]:
     return path
 
 
-def data_dir_file(data_dir: Path, name: str) -> Path:
-    """`<data_dir>/<name>.jsonl`, or SourceUnavailable when the data dir lacks it."""
+def data_dir_file(data_dir: Path, name: str, split: Optional[str] = None) -> Path:
+    """`<data_dir>/<name>.jsonl`, or `<name>.test.jsonl` for the dataset's held-out split
+    (EVAL_SPLITS); SourceUnavailable when the data dir lacks it."""
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset '{name}' (known: {', '.join(DATASET_NAMES)})")
-    path = data_dir / f"{name}.jsonl"
+    file = f"{name}{TEST_FILE_SUFFIX}" if split is not None and split == EVAL_SPLITS.get(name) else f"{name}.jsonl"
+    path = data_dir / file
     if not path.exists():
-        raise SourceUnavailable(f"{path}: not found in data dir (expected {name}.jsonl)")
+        raise SourceUnavailable(f"{path}: not found in data dir (expected {file})")
     return path
 
 

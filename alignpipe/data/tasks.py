@@ -1,22 +1,32 @@
 """What the pipeline stages ask for: SFT examples, generation prompts (train, or held-out eval),
-human preference pairs and out-of-distribution articles. Plain lists of dicts, deterministic given
-`cfg.seed`.
+human preference pairs, human-labelled pairs for checking a judge, and out-of-distribution articles.
+Plain lists of dicts, deterministic given `cfg.seed`.
 
-Train and eval never share a prompt: the records are grouped by their generation prompt, the groups
-are shuffled with the seed, and the first `cfg.eval_size` groups (at most half) are held out for
-evaluation; SFT examples, training prompts and human pairs come only from the other groups.
+Evaluation is held out, and from the test split where the dataset has one:
+- with a test split (the hub's, or `<dir>/<name>.test.jsonl` in a data dir), SFT examples, training
+  prompts and human pairs come from the training data and evaluation prompts from the test split;
+- without one (a single data-dir file, the built-in set), the records are grouped (by prompt; IMDb
+  by review), the groups shuffled with the seed, and the first `cfg.eval_size` groups (at most half)
+  are held out for evaluation; training data comes only from the other groups.
+Either way the evaluate stage then removes any evaluation prompt that equals a training prompt
+(alignpipe.data.overlap) and counts it: the TL;DR comparisons, for one, are a separate dataset over
+posts that a held-out split cannot see.
+
+IMDb prompts are a review's first k tokens, k drawn per review from cfg.prefix_tokens (the paper's
+2 to 8), so prompts need the model's tokenizer.
 """
 from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from alignpipe.data import adapters, formats
 from alignpipe.data.builtin import BUILTIN_FILES, builtin_records
 from alignpipe.data.records import RecordError, read_rows, validated
-from alignpipe.data.sources import SourceUnavailable, resolve_data_dir
+from alignpipe.data.sources import EVAL_SPLITS, HUB_DATASETS, SourceUnavailable, hub_source_label, resolve_data_dir
 from pipeline_config.schema import DataConfig
 
 log = logging.getLogger(__name__)
@@ -29,7 +39,7 @@ LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "cnn_dailymail": adapters.cnn_dailymail,
     "ultrafeedback": adapters.ultrafeedback,
 }
-# The dataset behind each task's prompts and SFT data, and the hub split used as its pool.
+# The dataset behind each task's prompts and SFT data, and the hub split used as its training pool.
 TASK_DATASET = {"imdb": ("imdb", "train"), "tldr": ("tldr", "train"), "hh": ("hh_rlhf", "train"),
                 "ultrafeedback": ("ultrafeedback", "train_prefs")}
 # Human preference pairs: TL;DR pairs come from the separate comparisons dataset.
@@ -37,19 +47,53 @@ PAIR_DATASET = {"tldr": ("tldr_comparisons", "train"), "hh": ("hh_rlhf", "train"
                 "ultrafeedback": ("ultrafeedback", "train_prefs")}
 
 
+@dataclass
+class TaskSplit:
+    """A task's records grouped by generation prompt: training groups, evaluation groups, and where
+    the evaluation groups come from (for the report)."""
+
+    train: list[list[dict]]
+    eval: list[list[dict]]
+    eval_source: str
+
+
 def load_source(name: str, data_dir: Optional[str | Path], split: str, *, builtin_fallback: bool = False) -> list[dict[str, Any]]:
     """A dataset's records from the data dir (or env ALIGNPIPE_DATA_DIR), else the hub, else
     (builtin_fallback, IMDb and CNN/DailyMail only) the built-in set."""
+    return load_source_from(name, data_dir, split, builtin_fallback=builtin_fallback)[0]
+
+
+def load_source_from(name: str, data_dir: Optional[str | Path], split: str, *, builtin_fallback: bool = False) -> tuple[list[dict[str, Any]], str]:
+    """(records, where they were read from): the file, the hub split, or the built-in sample."""
     loader = LOADERS[name]
     kwargs = {"strict": False} if name == "hh_rlhf" else {}  # the public HH data has a few broken pairs
+    directory = resolve_data_dir(data_dir)
     try:
-        return loader(resolve_data_dir(data_dir), split, **kwargs)
+        records = loader(directory, split, **kwargs)
     except SourceUnavailable as e:
         if builtin_fallback and name in BUILTIN_FILES:
             log.warning("%s; using the built-in %s set (%s)", e, name, BUILTIN_FILES[name])
-            return builtin_records(name)
+            return builtin_records(name), f"the built-in {name} sample (alignpipe/builtin_data/{BUILTIN_FILES[name]})"
         hint = " (set data.builtin_fallback for the small built-in set)" if name in BUILTIN_FILES else ""
         raise SourceUnavailable(f"{e}{hint}") from None
+    where = str(directory / f"{name}.jsonl") if directory is not None else hub_source_label(HUB_DATASETS[name], split)
+    return records, where
+
+
+def load_eval_source(name: str, data_dir: Optional[str | Path]) -> Optional[tuple[list[dict[str, Any]], str]]:
+    """(records, where) of the dataset's held-out split: `<dir>/<name>.test.jsonl` with a data dir,
+    else the hub's split; None when there is none to read (then evaluation is held out of the one file)."""
+    split = EVAL_SPLITS.get(name)
+    if split is None:
+        return None
+    kwargs = {"strict": False} if name == "hh_rlhf" else {}
+    directory = resolve_data_dir(data_dir)
+    try:
+        records = LOADERS[name](directory, split, **kwargs)
+    except SourceUnavailable:
+        return None
+    where = str(directory / f"{name}.test.jsonl") if directory is not None else hub_source_label(HUB_DATASETS[name], split)
+    return records, where
 
 
 def sft_examples(cfg: DataConfig, n: Optional[int] = None) -> list[dict[str, str]]:
@@ -59,8 +103,7 @@ def sft_examples(cfg: DataConfig, n: Optional[int] = None) -> list[dict[str, str
     prompt -> chosen reply (the DPO paper's "Preferred-FT").
     """
     n = _check_n(cfg.sft_size if n is None else n)
-    train, _ = _train_eval(cfg)
-    examples = [ex for group in train for ex in group]
+    examples = [ex for group in task_split(cfg).train for ex in group]
     random.Random(f"{cfg.seed}:sft").shuffle(examples)
     out = []
     for ex in examples:
@@ -72,19 +115,30 @@ def sft_examples(cfg: DataConfig, n: Optional[int] = None) -> list[dict[str, str
     return _enough(out, n, f"SFT examples for task '{cfg.task}'")
 
 
-def generation_prompts(cfg: DataConfig, split: Literal["train", "eval"], n: Optional[int] = None) -> list[dict[str, Optional[str]]]:
+def generation_prompts(
+    cfg: DataConfig, split: Literal["train", "eval"], n: Optional[int] = None, tokenizer=None
+) -> list[dict[str, Optional[str]]]:
     """[{prompt, reference}] to sample from: "train" for preference pairs (default n:
-    cfg.prompt_size), "eval" held out for evaluation (default n: cfg.eval_size). Prompts are unique.
+    cfg.prompt_size), "eval" for evaluation (default n: cfg.eval_size). Prompts are unique.
 
-    IMDb: a review's first k words, k drawn from cfg.prefix_tokens, reference None; TL;DR: the post,
-    reference the human summary; HH / UltraFeedback / local: the dialogue, reference the chosen reply.
+    IMDb: a review's first k tokens (tokenizer required), k drawn from cfg.prefix_tokens, reference
+    None; TL;DR: the post, reference the human summary; HH / UltraFeedback / local: the dialogue,
+    reference the chosen reply.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     n = _check_n((cfg.prompt_size if split == "train" else cfg.eval_size) if n is None else n)
-    train, held_out = _train_eval(cfg)
-    groups = train if split == "train" else held_out
-    out = [{"prompt": group[0]["prompt"], "reference": group[0]["reference"]} for group in groups[:n]]
+    parts = task_split(cfg)
+    out: list[dict[str, Optional[str]]] = []
+    seen: set[str] = set()
+    for group in parts.train if split == "train" else parts.eval:
+        prompt = _generation_prompt(group[0], cfg, tokenizer)
+        if prompt in seen:  # two IMDb reviews may open with the same few tokens
+            continue
+        seen.add(prompt)
+        out.append({"prompt": prompt, "reference": group[0]["reference"]})
+        if len(out) == n:
+            break
     return _enough(out, n, f"{split} prompts for task '{cfg.task}'")
 
 
@@ -96,15 +150,39 @@ def human_pairs(cfg: DataConfig, n: int) -> list[dict[str, str]]:
         name, split = PAIR_DATASET["tldr"]
         pairs = load_source(name, cfg.dir, split)
     elif cfg.task in ("hh", "ultrafeedback", "local"):
-        train, _ = _train_eval(cfg)
-        pairs = [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]}
-                 for group in train for ex in group if ex["chosen"] is not None and ex["rejected"] is not None]
+        pairs = _pairs_of(task_split(cfg).train)
         if not pairs:
             raise ValueError(f"{cfg.local_path}: no record has both 'chosen' and 'rejected' (map them with data.column_map)")
     else:
         raise ValueError(f"task '{cfg.task}' has no human preference pairs (use pairs.source: sampled)")
     random.Random(f"{cfg.seed}:pairs").shuffle(pairs)
     return _enough(pairs[:n], n, f"human pairs for task '{cfg.task}'")
+
+
+def human_label_pairs(cfg: DataConfig, n: int) -> tuple[list[dict[str, str]], str]:
+    """(pairs, where from): n human-labelled pairs {prompt, chosen, rejected} to check a judge against
+    (the paper's section 6.4). TL;DR: the comparisons' held-out split when there is one, else the
+    comparisons file (the judge is not trained, so DPO having trained on them does not bias it);
+    HH / UltraFeedback / local: the evaluation split's pairs."""
+    n = _check_n(n)
+    if cfg.task == "tldr":
+        held_out = load_eval_source("tldr_comparisons", cfg.dir)
+        if held_out is not None:
+            pairs, where = held_out
+        else:
+            name, split = PAIR_DATASET["tldr"]
+            pairs, where = load_source_from(name, cfg.dir, split)
+            where += " (the comparisons DPO trains on: no held-out comparisons beside it)"
+    elif cfg.task in ("hh", "ultrafeedback", "local"):
+        parts = task_split(cfg)
+        pairs, where = _pairs_of(parts.eval), parts.eval_source
+    else:
+        raise ValueError(f"task '{cfg.task}' has no human-labelled pairs to check a judge against")
+    if not pairs:
+        raise ValueError(f"{where}: no human-labelled pairs (records with both 'chosen' and 'rejected')")
+    pairs = list(pairs)
+    random.Random(f"{cfg.seed}:human-labels").shuffle(pairs)
+    return _enough(pairs[:n], n, f"human-labelled pairs for task '{cfg.task}'"), where
 
 
 def ood_articles(data_dir: Optional[str | Path], n: int, *, builtin_fallback: bool = False) -> list[dict[str, str]]:
@@ -143,51 +221,78 @@ def describe_source(cfg: DataConfig) -> str:
     return f"task '{cfg.task}' from the hub" + (" (or the built-in set)" if cfg.builtin_fallback else "")
 
 
-def _train_eval(cfg: DataConfig) -> tuple[list[list[dict]], list[list[dict]]]:
-    """(train groups, held-out eval groups); a group is the examples that share one generation prompt."""
+def task_split(cfg: DataConfig) -> TaskSplit:
+    """The task's records as training and evaluation groups (see the module docstring)."""
+    examples, where = _examples(cfg)
+    held_out = None if cfg.task == "local" else load_eval_source(TASK_DATASET[cfg.task][0], cfg.dir)
+    train = _shuffled_groups(examples, cfg.seed)
+    if held_out is not None:
+        test_examples = _task_examples(cfg, held_out[0])
+        return TaskSplit(train, _shuffled_groups(test_examples, cfg.seed)[: cfg.eval_size], f"test split ({held_out[1]})")
+    n_eval = min(cfg.eval_size, len(train) // 2)
+    unit = "reviews" if cfg.task == "imdb" else "prompts"
+    return TaskSplit(train[n_eval:], train[:n_eval], f"{n_eval} {unit} held out of {where} (no test split beside it)")
+
+
+def validate_task_data(cfg: DataConfig) -> None:
+    """Read and validate every file the task's prompts come from (for preflights, before any model loads)."""
+    task_split(cfg)
+
+
+def _shuffled_groups(examples: list[dict[str, Any]], seed: int) -> list[list[dict]]:
     groups: dict[str, list[dict]] = {}
-    for ex in _examples(cfg):
-        groups.setdefault(ex["prompt"], []).append(ex)
+    for ex in examples:
+        groups.setdefault(ex["group"], []).append(ex)
     ordered = list(groups.values())
-    random.Random(f"{cfg.seed}:split").shuffle(ordered)
-    n_eval = min(cfg.eval_size, len(ordered) // 2)
-    return ordered[n_eval:], ordered[:n_eval]
+    random.Random(f"{seed}:split").shuffle(ordered)
+    return ordered
 
 
-def _examples(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Every source record of the task as {prompt, reference, sft_prompt, sft_completion, chosen, rejected}."""
+def _pairs_of(groups: list[list[dict]]) -> list[dict[str, str]]:
+    return [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]}
+            for group in groups for ex in group if ex["chosen"] is not None and ex["rejected"] is not None]
+
+
+def _generation_prompt(example: dict[str, Any], cfg: DataConfig, tokenizer) -> str:
+    if cfg.task != "imdb":
+        return example["prompt"]
+    if tokenizer is None:
+        raise ValueError("IMDb prompts are the first tokens of a review: generation_prompts needs the model's tokenizer")
+    low, high = cfg.prefix_tokens
+    k = random.Random(f"{cfg.seed}:prefix:{example['group']}").randint(low, high)
+    return formats.token_prefix(example["sft_completion"], tokenizer, k)
+
+
+def _examples(cfg: DataConfig) -> tuple[list[dict[str, Any]], str]:
+    """(every training record of the task as an example, where they were read from)."""
     if cfg.task == "local":
         if not cfg.local_path:
             raise ValueError("data.local_path is required for task 'local'")
         path = Path(cfg.local_path)
         rows = validated(read_rows(path), str(path), adapters.LOCAL_FIELDS, cfg.column_map)
         return [{**_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"]),
-                 "where": f"{path}:{line_no}"} for line_no, r in rows]
+                 "where": f"{path}:{line_no}"} for line_no, r in rows], str(path)
     name, split = TASK_DATASET[cfg.task]
-    records = load_source(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
+    records, where = load_source_from(name, cfg.dir, split, builtin_fallback=cfg.builtin_fallback)
+    return _task_examples(cfg, records), where
+
+
+def _task_examples(cfg: DataConfig, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if cfg.task == "imdb":
-        return _imdb_examples(records, cfg)
+        low, high = cfg.prefix_tokens
+        if not 1 <= low <= high:
+            raise ValueError(f"data.prefix_tokens must be (low, high) with 1 <= low <= high, got {cfg.prefix_tokens}")
+        # the prompt is cut later, with the model's tokenizer; a review is its own group
+        return [{**_example(None, None, "", review), "group": review}
+                for review in (formats.clean_imdb_markup(r["text"]) for r in records)]
     if cfg.task == "tldr":
         return [_example(r["prompt"], formats.tldr_summary(r["label"]), r["prompt"], formats.tldr_summary(r["label"]))
                 for r in records]
     return [_example(r["prompt"], r["chosen"], r["prompt"], r["chosen"], r["chosen"], r["rejected"]) for r in records]
 
 
-def _imdb_examples(records: list[dict[str, Any]], cfg: DataConfig) -> list[dict[str, Any]]:
-    low, high = cfg.prefix_tokens
-    if not 1 <= low <= high:
-        raise ValueError(f"data.prefix_tokens must be (low, high) with 1 <= low <= high, got {cfg.prefix_tokens}")
-    rng = random.Random(f"{cfg.seed}:prefix")
-    examples = []
-    for record in records:
-        review = formats.clean_imdb_markup(record["text"])
-        prefix = formats.word_prefix(review, rng.randint(low, high))
-        examples.append(_example(prefix, None, "", review))
-    return examples
-
-
 def _example(prompt, reference, sft_prompt, sft_completion, chosen=None, rejected=None) -> dict[str, Any]:
-    return {"prompt": prompt, "reference": reference, "sft_prompt": sft_prompt,
+    return {"prompt": prompt, "reference": reference, "sft_prompt": sft_prompt, "group": prompt,
             "sft_completion": sft_completion, "chosen": chosen, "rejected": rejected}
 
 

@@ -1,9 +1,16 @@
-"""From verdicts to a win rate: per-item scores, binomial standard error, order disagreement."""
+"""From verdicts to a win rate: per-item scores, binomial standard error, and the order checks.
+
+With both orders an item's score is the mean of its two verdicts, so a pair the judge decides
+differently when the texts swap places scores 0.5, a tie (MT-Bench's rule, Zheng et al. 2023,
+"Judging LLM-as-a-Judge", sec. 3.4). Two numbers say how much order mattered: the disagreement rate
+(items whose two verdicts differ) and the position bias (share of verdicts won by the text shown
+first; 0.5 for a judge that ignores position)."""
 from __future__ import annotations
 
 import math
 from typing import Optional
 
+from alignpipe.judge.ordering import POLICY_FIRST
 from alignpipe.judge.records import JudgeResult, Verdict
 
 
@@ -31,13 +38,20 @@ def disagreement_rate(per_item: list[list[Verdict]]) -> Optional[float]:
     return sum(a != b for a, b in both_valid) / len(both_valid)
 
 
+def first_wins_share(verdicts: list[Verdict]) -> Optional[float]:
+    """Share of valid verdicts in which the text shown first won (ties count half): position bias."""
+    firsts = [v.policy_wins if v.order == POLICY_FIRST else 1.0 - v.policy_wins for v in verdicts if v.policy_wins is not None]
+    return sum(firsts) / len(firsts) if firsts else None
+
+
 def total_cost(verdicts: list[Verdict]) -> Optional[float]:
     """What these verdicts cost; None (unknown) when any of them had no known price."""
     costs = [v.cost_usd for v in verdicts]
     return None if any(c is None for c in costs) else sum((c for c in costs if c is not None), 0.0)
 
 
-def summarize(verdicts: list[Verdict], verdicts_per_item: int) -> JudgeResult:
+def summarize(verdicts: list[Verdict], verdicts_per_item: int, order_sensitive: bool = True) -> JudgeResult:
+    """order_sensitive False (a reward judge): the order shown cannot matter, so no position bias."""
     if verdicts_per_item < 1 or len(verdicts) % verdicts_per_item:
         raise ValueError(f"{len(verdicts)} verdicts do not split into items of {verdicts_per_item}")
     per_item = [verdicts[i : i + verdicts_per_item] for i in range(0, len(verdicts), verdicts_per_item)]
@@ -53,6 +67,7 @@ def summarize(verdicts: list[Verdict], verdicts_per_item: int) -> JudgeResult:
         n_valid=n_valid,
         n_invalid=len(scores) - n_valid,
         disagreement_rate=disagreement_rate(per_item) if verdicts_per_item == 2 else None,
+        first_wins_share=first_wins_share(verdicts) if order_sensitive else None,
         input_tokens=sum(v.input_tokens for v in fresh),
         output_tokens=sum(v.output_tokens for v in fresh),
         cost_usd=total_cost(fresh),

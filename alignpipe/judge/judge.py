@@ -159,7 +159,7 @@ class Judge:
             reused = slot.request.key in cached_keys or slot.request.key in paid
             paid.add(slot.request.key)
             verdicts.append(self._verdict(slot, fresh, reused))
-        return summarize(verdicts, len(self._orders(0)) if slots else 1)
+        return summarize(verdicts, len(self._orders(0)) if slots else 1, self.backend.order_sensitive)
 
     def _verdict(self, slot: _Slot, fresh: dict[str, Answer], reused: bool) -> Verdict:
         key = slot.request.key
@@ -193,6 +193,8 @@ def describe(result: JudgeResult) -> str:
     parts = [f"win rate {rate}", f"valid {result.n_valid}", f"invalid {result.n_invalid}", f"cached {result.n_cached}"]
     if result.disagreement_rate is not None:
         parts.append(f"order disagreement {result.disagreement_rate:.3f}")
+    if result.first_wins_share is not None:
+        parts.append(f"first shown wins {result.first_wins_share:.3f}")
     if result.cost_usd is None:
         parts.append("cost unknown (no judge prices set)")
     elif result.cost_usd:

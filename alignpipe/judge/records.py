@@ -55,6 +55,7 @@ class JudgeResult:
     n_cached: int
     item_wins: list[Optional[float]] = field(default_factory=list)  # per item; None: no valid verdict
     verdicts_per_item: int = 1
+    first_wins_share: Optional[float] = None  # position bias: share of valid verdicts won by the text shown first
 
     def by_item(self) -> list[list[Verdict]]:
         k = self.verdicts_per_item
@@ -68,6 +69,7 @@ class JudgeResult:
             "n_valid": self.n_valid,
             "n_invalid": self.n_invalid,
             "disagreement_rate": self.disagreement_rate,
+            "first_wins_share": self.first_wins_share,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": self.cost_usd,

@@ -5,8 +5,20 @@
     sft/, dpo/  model/                 a from_pretrained directory (see stages.common)
                 history.jsonl          one line per optimizer step
     any         datasets.json          the datasets the stage read: name, content digest, source
-    evaluate/,  samples.jsonl, verdicts.parquet, win_rates.json, reward_kl.json, metrics.json
-    ood/
+    dpo/        snapshots/             with evaluate.checkpoints: step-<n>.safetensors (the trainable
+                                       weights at step n) + index.json {"lora": LoraConfig | null, "steps": [n...]}
+    evaluate/,  samples.jsonl, verdicts.parquet, win_rates.json, reward_kl.json, metrics.json,
+    ood/        frontier.json          [FrontierRow]: one point per policy at T=1 (see below)
+                data.json              {eval_source, candidate_prompts, overlap_removed, prompts}
+                judge_agreement.json   the judge vs human labels (evaluate.human_agreement), or absent
+
+frontier.json rows (alignpipe.report.FrontierRow), the input of alignpipe.plots.reward_kl_frontier:
+    {"label": "dpo" | "sft" | "dpo@step<n>", "policy": "dpo" | "sft", "dpo_step": int | null,
+     "temperature": 1.0, "mean_reward": float, "reward_stderr": float | null,
+     "reward_ci_low": float, "reward_ci_high": float, "kl": float (nats per sequence, mean),
+     "kl_ci_low": float, "kl_ci_high": float, "n": int (prompts), "truncated": int (samples cut at
+     max_new_tokens)}
+A sweep adds its own "series" key (e.g. "beta=0.1") to each member's rows before plotting them together.
 """
 from __future__ import annotations
 
@@ -24,7 +36,10 @@ MODEL_DIR = "model"
 DATASETS_FILE = "datasets.json"
 REFERENCE_FILE = "reference.safetensors"
 HISTORY_FILE = "history.jsonl"
-EVAL_FILES = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "metrics.json")
+EVAL_FILES = ("samples.jsonl", "verdicts.parquet", "win_rates.json", "reward_kl.json", "frontier.json", "data.json",
+              "judge_agreement.json", "metrics.json")
+FRONTIER_FILE = "frontier.json"
+SNAPSHOTS_DIR = "snapshots"
 
 
 # -- tables ----------------------------------------------------------------------------------
@@ -116,12 +131,16 @@ def read_history(stage_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_eval_tables(out_dir: Path, tables, metrics: dict[str, float]) -> None:
-    """An evaluation's samples, verdicts and win-rate / reward tables (alignpipe.evaluation.EvalTables)."""
+    """An evaluation's samples, verdicts and win-rate / reward / frontier tables (alignpipe.evaluation.EvalTables)."""
     write_jsonl(out_dir / "samples.jsonl", tables.samples)
     if tables.verdicts:
         write_parquet(out_dir / "verdicts.parquet", tables.verdicts)
     (out_dir / "win_rates.json").write_text(json.dumps(tables.win_rates, indent=2))
     (out_dir / "reward_kl.json").write_text(json.dumps(tables.reward_kl, indent=2))
+    (out_dir / FRONTIER_FILE).write_text(json.dumps(tables.frontier, indent=2))
+    (out_dir / "data.json").write_text(json.dumps(tables.data, indent=2))
+    if tables.judge_agreement is not None:
+        (out_dir / "judge_agreement.json").write_text(json.dumps(tables.judge_agreement, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
@@ -129,8 +148,37 @@ def read_eval_tables(stage_dir: Path) -> dict[str, Any]:
     return {
         "win_rates": read_json(stage_dir / "win_rates.json", []),
         "reward_kl": read_json(stage_dir / "reward_kl.json", []),
+        "frontier": read_json(stage_dir / FRONTIER_FILE, []),
+        "data": read_json(stage_dir / "data.json", {}),
+        "judge_agreement": read_json(stage_dir / "judge_agreement.json"),
         "metrics": read_json(stage_dir / "metrics.json", {}),
     }
+
+
+def read_frontier(stage_dir: Path) -> list[dict[str, Any]]:
+    """An evaluate output's frontier rows (what a sweep report collects from each member)."""
+    return read_json(stage_dir / FRONTIER_FILE, [])
+
+
+# -- DPO snapshots: the policy at intermediate steps, for the frontier -------------------------
+def write_snapshots(out_dir: Path, files: dict[int, Path], lora: Optional[dict[str, Any]]) -> None:
+    """Copy step -> trainable-weights files into out_dir/snapshots with their index."""
+    import shutil
+
+    target = out_dir / SNAPSHOTS_DIR
+    target.mkdir()
+    for step, path in sorted(files.items()):
+        shutil.copyfile(path, target / f"step-{step:08d}.safetensors")
+    (target / "index.json").write_text(json.dumps({"lora": lora, "steps": sorted(files)}, indent=2))
+
+
+def read_snapshots(stage_dir: Path) -> Optional[dict[str, Any]]:
+    """{"lora": LoraConfig dict | None, "steps": {step: weights path}}, or None when there are none."""
+    index = read_json(stage_dir / SNAPSHOTS_DIR / "index.json")
+    if index is None:
+        return None
+    steps = {int(n): stage_dir / SNAPSHOTS_DIR / f"step-{int(n):08d}.safetensors" for n in index["steps"]}
+    return {"lora": index["lora"], "steps": steps}
 
 
 def read_manifest(stage_dir: Path) -> Optional[dict[str, Any]]:

@@ -1,34 +1,43 @@
 """Evaluation: the DPO policy against baselines, per temperature, judged; one implementation, two stages.
 
-`evaluate` samples held-out prompts of the task; `ood` samples CNN/DailyMail articles (the paper's
-out-of-distribution test, Table 1). Both then run the same protocol (alignpipe.evaluation): sample
-the DPO policy and the SFT model at each temperature, judge against each baseline, tabulate.
+`evaluate` samples held-out prompts of the task (its test split where it has one); `ood` samples
+CNN/DailyMail test articles (the paper's out-of-distribution test, Table 1). Both then run the same
+protocol (alignpipe.evaluation) on prompts that were first checked against every training prompt
+(the SFT examples and the pairs DPO trained on): overlaps are removed and counted. `evaluate` also
+checks its judge against human labels when asked, and puts intermediate DPO checkpoints on the
+reward/KL frontier (`evaluate.checkpoints`).
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
-from alignpipe.data import generation_prompts, ood_prompts
-from alignpipe.evaluation import evaluate_policy
+from alignpipe.data import generation_prompts, human_label_pairs, ood_prompts, sft_examples, task_split, validate_task_data
+from alignpipe.data.overlap import split_overlaps
+from alignpipe.evaluation import ExtraPolicy, evaluate_policy
+from alignpipe.data.provenance import eval_source_of, source_of
 from alignpipe.judge import make_judge
+from alignpipe.judge.agreement import human_agreement
 from alignpipe.judge.factory import check_judge
-from alignpipe.kl import sequence_kl
 from alignpipe.report import PAPER_TABLE1
 from alignpipe.rewards import scored_text
-from alignpipe.data.provenance import source_of, task_dataset
-from alignpipe.stages.artifacts import EVAL_FILES, content_digest, dataset_record, write_datasets, write_eval_tables
+from alignpipe.stages.artifacts import (
+    EVAL_FILES, content_digest, dataset_record, read_history, read_pairs, read_snapshots, write_datasets, write_eval_tables,
+)
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_stage_model
-from pipeline_config.schema import DataConfig, EvaluateConfig, EvaluationConfig, OODConfig
+from pipeline_config.schema import DataConfig, EvaluateConfig, EvaluationConfig, OODConfig, PairsConfig
 from pipeline_config.slices import From, StageConfig
 
 Dtype = Literal["auto", "float32", "bfloat16"]
+SUMMARIZATION_TASKS = ("tldr",)  # policies trained to summarize: the only ones the paper's Table 1 is about
 
 
 class EvaluateSlice(StageConfig):
     evaluate: Annotated[EvaluateConfig, From("evaluate")]
     data: Annotated[DataConfig, From("data")]
+    pairs: Annotated[PairsConfig, From("pairs")]  # its labeller picks the best-of-N baseline
     chat_template: Annotated[bool, From("model.chat_template")]
     dtype: Annotated[Dtype, From("model.dtype")]
     seed: Annotated[int, From("seed")]
@@ -36,8 +45,8 @@ class EvaluateSlice(StageConfig):
     def protocol(self) -> EvaluationConfig:
         return self.evaluate
 
-    def prompts(self) -> list[dict]:
-        return generation_prompts(self.data, "eval", self.evaluate.n_prompts)
+    def prompts(self, tokenizer) -> tuple[list[dict], str]:
+        return generation_prompts(self.data, "eval", self.evaluate.n_prompts, tokenizer), task_split(self.data).eval_source
 
 
 class OODSlice(StageConfig):
@@ -50,19 +59,91 @@ class OODSlice(StageConfig):
     def protocol(self) -> EvaluationConfig:
         return self.ood
 
-    def prompts(self) -> list[dict]:
-        return ood_prompts(self.data, self.ood.n_articles, self.ood.article_chars)
+    def prompts(self, tokenizer=None) -> tuple[list[dict], str]:
+        return ood_prompts(self.data, self.ood.n_articles, self.ood.article_chars), "CNN/DailyMail 3.0.0 test articles"
 
 
 def preflight(config: EvaluateSlice | OODSlice) -> None:
-    check_judge(config.protocol().judge, f"{'evaluate' if isinstance(config, EvaluateSlice) else 'ood'}.judge")
-    config.prompts()
+    """The judges (key, model, classifier) and the prompts, checked before any model loads."""
+    if isinstance(config, OODSlice):
+        check_judge(config.ood.judge, "ood.judge")
+        config.prompts()
+        return
+    check_judge(config.evaluate.judge, "evaluate.judge")
+    if "best_of_n" in config.evaluate.baselines and config.pairs.labeler == "judge":
+        check_judge(config.pairs.judge, "pairs.judge")
+    validate_task_data(config.data)
+    if config.evaluate.human_agreement:
+        human_label_pairs(config.data, config.evaluate.human_agreement)
 
 
-def paper_table1_applies(protocol: EvaluationConfig, baseline: str) -> bool:
-    """The paper's Table 1 is an LLM judge's win rate of summaries against the reference highlights:
-    only rows measured that way sit beside it."""
-    return protocol.judge.backend != "reward" and protocol.judge.template == "news" and baseline == "reference_text"
+def paper_table1_applies(protocol: EvaluationConfig, baseline: str, task: str) -> bool:
+    """The paper's Table 1 is GPT-4's win rate of a TL;DR-trained policy's summaries of CNN/DailyMail
+    articles against their reference highlights: only rows measured that way (a summarization
+    policy, an LLM judge with the news prompt, the highlights as baseline) sit beside it."""
+    return (task in SUMMARIZATION_TASKS and protocol.judge.backend != "reward" and protocol.judge.template == "news"
+            and baseline == "reference_text")  # fmt: skip
+
+
+def training_prompts(config: EvaluateSlice | OODSlice, pairs_dir: Path) -> list[str]:
+    """Every prompt the policy was trained on: the SFT examples' and the DPO pairs' (as stored)."""
+    sft = [ex["prompt"] for ex in sft_examples(config.data, config.data.sft_size)]
+    return sft + [row["prompt"] for row in read_pairs(pairs_dir)]
+
+
+def labeller(pairs: PairsConfig, task: str, cache_dir: Path):
+    """pairs.labeler as a best-of-N picker: (prompts, candidates per prompt) -> scores."""
+    if pairs.labeler == "judge":
+        from alignpipe.judge.tournament import copeland_scores
+
+        judge = make_judge(pairs.judge, cache_dir)
+        return lambda prompts, groups: copeland_scores(judge, prompts, groups, desc="best-of-N")
+    from alignpipe.rewards import make_scorer
+
+    scorer = make_scorer(pairs.labeler, pairs.labeler_model)
+
+    def score(prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
+        flat = scorer.score([scored_text(task, p, c) for p, group in zip(prompts, groups) for c in group])
+        n = len(groups[0]) if groups else 0
+        return [flat[i * n : (i + 1) * n] for i in range(len(groups))]
+
+    return score
+
+
+def checkpoint_policies(dpo_dir: Path, sft_dir: Path, every: int, dtype: str) -> list[ExtraPolicy]:
+    """The DPO snapshots at every `every` steps, as frontier policies loaded one at a time."""
+    snapshots = read_snapshots(dpo_dir)
+    if every and snapshots is None:
+        raise ValueError(f"evaluate.checkpoints: {dpo_dir} holds no DPO snapshots (was dpo run with evaluate.checkpoints set?)")
+    if not every:
+        return []
+    return [ExtraPolicy(f"dpo@step{step}", step, partial(_snapshot_model, sft_dir, path, snapshots["lora"], dtype))
+            for step, path in snapshots["steps"].items() if step % every == 0]
+
+
+def _snapshot_model(sft_dir: Path, weights_path: Path, lora: Optional[dict[str, Any]], dtype: str):
+    """The SFT model with a DPO snapshot's trainable weights loaded (LoRA adapters merged)."""
+    from safetensors.torch import load_file
+
+    from alignpipe.stages.common import apply_lora
+    from pipeline_config.schema import LoraConfig
+
+    model, _ = load_stage_model(sft_dir, dtype)
+    if lora is not None:
+        model = apply_lora(model, LoraConfig(**lora))
+    weights = load_file(str(weights_path))
+    result = model.load_state_dict(weights, strict=False)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad} if lora is not None else set(weights)
+    if result.unexpected_keys or trainable - set(weights):
+        raise ValueError(f"{weights_path}: does not fit the SFT model ({len(result.unexpected_keys)} unexpected keys)")
+    if lora is not None:
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+def final_dpo_step(dpo_dir: Path) -> Optional[int]:
+    history = read_history(dpo_dir)
+    return int(history[-1]["step"]) if history else None
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -70,41 +151,56 @@ def run(ctx: StageContext) -> dict[str, float]:
     protocol = config.protocol()
     policy, tok = load_stage_model(ctx.inputs["dpo"], config.dtype)
     sft, _ = load_stage_model(ctx.inputs["sft"], config.dtype)
-    judge = protocol.judge
-    prompts = config.prompts()
+    candidates, source = config.prompts(tok)
+    prompts, removed = split_overlaps(candidates, training_prompts(config, ctx.inputs["pairs"]))
+    stage = "evaluate" if isinstance(config, EvaluateSlice) else "ood"
+    if not prompts:
+        raise ValueError(f"{stage}: all {len(candidates)} evaluation prompts also occur among the training prompts")
+    if removed:
+        ctx.say(f"{stage}: removed {len(removed)} of {len(candidates)} evaluation prompts that also occur among the training prompts")
+    cache = ctx.out_dir.parent / ".judge-cache"  # shared by all runs of this stage: never pay twice
+    judge = make_judge(protocol.judge, cache)
+    is_evaluate = stage == "evaluate"
     tables = evaluate_policy(
         policy=policy,
         sft=sft,
         tokenizer=tok,
         prompts=prompts,
         temperatures=protocol.temperatures,
+        headline_temperature=protocol.headline_temperature,
         baselines=protocol.baselines,
         generation=protocol.generation,
-        judge=make_judge(judge, ctx.out_dir.parent / ".judge-cache"),  # shared by all runs: never pay twice
-        judged_text=partial(scored_text, config.data.task) if judge.backend == "reward" else (lambda p, c: c),
+        judge=judge,
+        judged_text=partial(scored_text, config.data.task) if protocol.judge.backend == "reward" else (lambda p, c: c),
         seed=config.seed,
         chat_template=config.chat_template,
         compute_kl=protocol.compute_kl,
-        kl_fn=lambda prompts_, samples: sequence_kl(
-            policy, sft, tok, prompts_, samples, batch_size=protocol.generation.batch_size, chat_template=config.chat_template
-        ),
+        bootstrap_samples=protocol.bootstrap_samples,
+        best_of_n=config.evaluate.best_of_n if is_evaluate else 0,
+        labeller=labeller(config.pairs, config.data.task, cache) if is_evaluate and "best_of_n" in protocol.baselines else None,
+        policy_step=final_dpo_step(ctx.inputs["dpo"]),
+        extra_policies=checkpoint_policies(ctx.inputs["dpo"], ctx.inputs["sft"], config.evaluate.checkpoints, config.dtype) if is_evaluate else (),
     )
+    tables.data = {"eval_source": source, "candidate_prompts": len(candidates), "overlap_removed": len(removed), "prompts": len(prompts)}
+    if is_evaluate and config.evaluate.human_agreement:
+        pairs, where = human_label_pairs(config.data, config.evaluate.human_agreement)
+        tables.judge_agreement = human_agreement(judge, pairs, source=where, n_resamples=protocol.bootstrap_samples, seed=config.seed)
     for row in tables.win_rates:
-        if paper_table1_applies(protocol, row["baseline"]):
+        if paper_table1_applies(protocol, row["baseline"], config.data.task):
             for method, by_t in PAPER_TABLE1.items():
                 if row["temperature"] in by_t:
                     row[f"paper_{method.lower()}"] = by_t[row["temperature"]]
     metrics = tables.metrics()
     write_eval_tables(ctx.out_dir, tables, metrics)
-    name = "eval-prompts" if isinstance(config, EvaluateSlice) else "ood-prompts"
-    source, kind = source_of(config.data, task_dataset(config.data) if isinstance(config, EvaluateSlice) else "cnn_dailymail")
-    write_datasets(ctx.out_dir, [dataset_record(name, content_digest(prompts), source, len(prompts), "evaluation", kind)])
+    where, kind = eval_source_of(config.data) if is_evaluate else source_of(config.data, "cnn_dailymail")
+    write_datasets(ctx.out_dir, [dataset_record(f"{stage}-prompts", content_digest(prompts), where, len(prompts), "evaluation", kind)])
     return metrics
 
 
+UPSTREAM = ("sft", "pairs", "dpo")
 EVALUATE = StageSpec(
-    name="evaluate", upstream=("sft", "dpo"), config=EvaluateSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
+    name="evaluate", upstream=UPSTREAM, config=EvaluateSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
 )
 OOD = StageSpec(
-    name="ood", upstream=("sft", "dpo"), config=OODSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
+    name="ood", upstream=UPSTREAM, config=OODSlice, run=run, artifacts=EVAL_FILES, uses_gpu=True, preflight=preflight
 )

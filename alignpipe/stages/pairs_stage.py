@@ -5,7 +5,7 @@ import json
 from itertools import combinations
 from typing import Annotated, Literal
 
-from alignpipe.data import generation_prompts, human_pairs
+from alignpipe.data import generation_prompts, human_pairs, validate_task_data
 from alignpipe.generate import generate
 from alignpipe.pairs import PairStats, pairs_from_scores
 from alignpipe.rewards import scored_text
@@ -32,7 +32,7 @@ def preflight(config: PairsSlice) -> None:
             from alignpipe.judge.factory import check_judge
 
             check_judge(config.pairs.judge, "pairs.judge")
-        generation_prompts(config.data, "train", config.data.prompt_size)
+        validate_task_data(config.data)  # the prompts themselves need the SFT model's tokenizer (IMDb)
     else:
         human_pairs(config.data, config.data.prompt_size)
 
@@ -56,8 +56,8 @@ def judge_scores(judge, prompts: list[str], completions: list[list[str]]) -> lis
 def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, dict[str, float]]:
     config: PairsSlice = ctx.config
     pcfg = config.pairs
-    prompts = generation_prompts(config.data, "train", config.data.prompt_size)
     model, tok = load_stage_model(ctx.inputs["sft"], config.dtype)
+    prompts = generation_prompts(config.data, "train", config.data.prompt_size, tok)
     k = pcfg.samples_per_prompt
     expanded = [p["prompt"] for p in prompts for _ in range(k)]
     gcfg = pcfg.generation

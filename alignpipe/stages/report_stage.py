@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from alignpipe.report import ReportInputs, RunInfo, write_report
+from alignpipe.report import FIGURES, ReportInputs, RunInfo, write_report
 from alignpipe.stages.artifacts import read_eval_tables, read_history, read_manifest
 from alignpipe.stages.base import StageContext, StageSpec
 from pipeline_config.slices import From, StageConfig
@@ -25,6 +25,23 @@ def judge_name(judge: dict) -> str:
     if judge["backend"] == "local":
         return f"local:{judge['local_model']}"
     return f"openai:{judge['model']}"
+
+
+BASELINE_WORDS = {"sft": "the SFT model's", "reference_text": "the reference highlights", "chosen": "the chosen reply",
+                  "best_of_n": "the SFT best-of-N"}
+
+
+def ood_description(config: dict) -> str:
+    """What the OOD stage measured, in words, from its config slice: the section says it, so a
+    sentiment score of news continuations is never labelled as the paper's summarization test."""
+    ood, task = config["ood"], config["data"]["task"]
+    judge = judge_name(ood["judge"])
+    against = " and ".join(BASELINE_WORDS.get(b, b) for b in ood["baselines"])
+    cut = f" (first {ood['article_chars']} characters)" if ood.get("article_chars") else ""
+    if task == "imdb":
+        scorer = f"sentiment ({judge})" if ood["judge"]["backend"] == "reward" else f"{judge} with the {ood['judge']['template']} prompt"
+        return f"{scorer} of continuations of CNN/DailyMail test-article openings{cut}, against {against}"
+    return f"summaries of CNN/DailyMail test articles{cut} in the TL;DR format, judged by {judge} ({ood['judge']['template']} prompt) against {against}"
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -49,17 +66,19 @@ def run(ctx: StageContext) -> dict[str, float]:
     )
     evaluate, ood = read_eval_tables(ctx.inputs["evaluate"]), read_eval_tables(ctx.inputs["ood"])
     ood_rewards = {r["temperature"]: r["mean_reward"] for r in ood["reward_kl"] if r["policy"] == "dpo"}
-    ood_rows = [
-        {k: r[k] for k in ("temperature", "baseline", "win_rate", "stderr", "n_valid")} | {"mean_reward": ood_rewards.get(r["temperature"])}
-        for r in ood["win_rates"]
-    ]
+    ood_rows = [{**r, "mean_reward": ood_rewards.get(r["temperature"])} for r in ood["win_rates"]]
     inputs = ReportInputs(
         run=run_info,
         sft_history=read_history(ctx.inputs["sft"]),
         dpo_history=read_history(ctx.inputs["dpo"]),
         win_rates=evaluate["win_rates"],
         reward_kl=evaluate["reward_kl"],
+        frontier=evaluate["frontier"],
+        data=evaluate["data"],
+        judge_agreement=evaluate["judge_agreement"],
         ood=ood_rows,
+        ood_data=ood["data"],
+        ood_description=ood_description(manifests["ood"]["config"]),
     )
     files = write_report(ctx.out_dir, inputs)
     return {"files": float(len(files))}
@@ -70,5 +89,5 @@ SPEC = StageSpec(
     upstream=UPSTREAM,
     config=ReportSlice,
     run=run,
-    artifacts=("report.md", "win_rate_vs_temperature.png", "reward_vs_kl.png", "training_dpo.png", "training_sft.png", "ood_vs_paper.png"),
+    artifacts=("report.md", *FIGURES.values()),
 )
