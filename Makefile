@@ -3,8 +3,6 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# No server needed: Prefect starts a temporary one in-process; offline, its telemetry only logs errors.
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test bench clean

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -22,6 +23,10 @@ from rich.table import Table
 
 from pipeline_config import ConfigError, PipelineConfig, load_config, preset_names
 from pipeline_config import loading as config_loading
+
+# The temporary Prefect server a run starts would send telemetry: offline it only logs errors (and its
+# first heartbeat races the server's own start-up for the SQLite database: "database is locked").
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     add_completion=False,

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -62,18 +63,24 @@ def log_model(tracking_uri: str, run_id: str, parent_run_id: str, out_dir: Path,
 
     path = out_dir / MODEL_DIR
     model, tokenizer = AutoModelForCausalLM.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path))
-    mlflow.set_tracking_uri(tracking_uri)
     # It would look the model card up on the hub, by a local path: one warning per model, always.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    with mlflow.start_run(run_id=run_id, nested=True, parent_run_id=parent_run_id):
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer},
-            name="model",
-            task="text-generation",
-            pip_requirements=pip_requirements(),
-            registered_model_name=registered_name,
-        )
-        mlflow.set_tag(MODEL_LOGGED_TAG, "true")
+    # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which the next run in this process (a
+    # served schedule, a test) would take for its own: put back what was there.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(run_id=run_id, nested=True, parent_run_id=parent_run_id):
+            info = mlflow.transformers.log_model(
+                transformers_model={"model": model, "tokenizer": tokenizer},
+                name="model",
+                task="text-generation",
+                pip_requirements=pip_requirements(),
+                registered_model_name=registered_name,
+            )
+            mlflow.set_tag(MODEL_LOGGED_TAG, "true")
+    finally:
+        mlflow.set_tracking_uri(previous)
     return info.model_uri
 
 

@@ -14,6 +14,7 @@ from typing_extensions import NotRequired, TypedDict
 
 from alignpipe import plots
 from alignpipe.plots import is_number
+from alignpipe.train.summary import TAIL_FRACTION, tail_mean
 
 # --------------------------------------------------------------------------------------------
 # Input structures
@@ -184,7 +185,6 @@ FIGURES = {
     "ood": "ood_win_rates.png",
 }
 REPORT_FILE = "report.md"
-TAIL_FRACTION = 0.1  # "final" training metrics: mean over the last 10% of logged steps
 
 
 def read_history(path: str | Path) -> list[HistoryRow]:
@@ -485,14 +485,6 @@ def loss_at_start(hyperparameters: Mapping[str, Any]) -> Optional[float]:
     if loss_type == "ipo" and is_number(beta) and beta > 0:
         return (1 / (2 * beta)) ** 2
     return None
-
-
-def tail_mean(history: Sequence[Mapping[str, Any]], key: str) -> Optional[float]:
-    values = [r[key] for r in history if is_number(r.get(key))]
-    if not values:
-        return None
-    tail = values[-max(1, math.ceil(len(values) * TAIL_FRACTION)):]
-    return sum(tail) / len(tail)
 
 
 def first_value(history: Sequence[Mapping[str, Any]], key: str) -> Optional[float]:

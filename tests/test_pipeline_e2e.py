@@ -6,6 +6,8 @@ exactly dpo, evaluate, ood and report execute. MLflow holds a parent and a neste
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,9 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert pairs["pairs"] > 0 and pairs["pairs"] + pairs["ties"] == 6 * pairs["prompts"]
     # the frontier: SFT, DPO's snapshots every evaluate.checkpoints steps, the final policy; all at T=1
     n_steps = len((dpo_dir / "history.jsonl").read_text().splitlines())
+    history = [json.loads(line) for line in (dpo_dir / "history.jsonl").read_text().splitlines()]
+    final = history[-math.ceil(n_steps / 10):]  # one "final" everywhere: the stage's metrics, the report's table
+    assert json.loads((dpo_dir / "metrics.json").read_text())["final_loss"] == pytest.approx(sum(h["loss"] for h in final) / len(final))
     kept = list(range(4, n_steps, 4))  # every 4 steps before the last (the last is the published model)
     assert n_steps > 4 and sorted(p.name for p in (dpo_dir / "snapshots").glob("*.safetensors")) == [f"step-{k:08d}.safetensors" for k in kept]
     evaluate_dir = next((store / "evaluate").glob("*/manifest.json")).parent
@@ -90,7 +95,8 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
     assert sft_input.source.endswith(".jsonl") and len(sft_input.digest) > 8
     import mlflow as mlflow_api
 
-    mlflow_api.set_tracking_uri(first["tracking_uri"])
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the models left no tracking URI behind for the next run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", first["tracking_uri"])  # undone after the test, unlike mlflow.set_tracking_uri
     logged = mlflow_api.search_logged_models(experiment_ids=[parent.info.experiment_id], output_format="list")
     third_dpo = next(r for r in reused if r.data.tags["stage"] == "dpo")
     assert sorted(m.source_run_id for m in logged) == sorted([by_stage["sft"].info.run_id, by_stage["dpo"].info.run_id, third_dpo.info.run_id])

@@ -19,6 +19,7 @@ from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import HistoryLogger, apply_lora, is_main_process, load_trainable, publish_training
 from alignpipe.train.checkpoint import CKPT_PREFIX
 from alignpipe.train.loop import train
+from alignpipe.train.summary import tail_mean
 from pipeline_config.schema import DPOConfig
 from pipeline_config.slices import From, StageConfig
 
@@ -82,12 +83,10 @@ def run(ctx: StageContext) -> dict[str, float]:
         say=say,
         precision=config.dtype,
     )
-    last = result.history[-max(1, len(result.history) // 10) :]  # the final tenth, less noisy than one step
-    mean = lambda key: sum(h[key] for h in last) / len(last)  # noqa: E731
     metrics = {
-        "final_loss": mean("loss"),
-        "final_reward_accuracy": mean("rewards/accuracies"),
-        "final_reward_margin": mean("rewards/margins"),
+        "final_loss": tail_mean(result.history, "loss"),  # the same "final" as the report's
+        "final_reward_accuracy": tail_mean(result.history, "rewards/accuracies"),
+        "final_reward_margin": tail_mean(result.history, "rewards/margins"),
         "steps": float(result.steps),
         "seconds": result.seconds,
         "tokens_per_s": sum(h["tokens_per_s"] for h in result.history) / len(result.history),
