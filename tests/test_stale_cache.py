@@ -58,6 +58,36 @@ def test_code_fingerprint_follows_the_import_closure(tmp_path):
     assert {s for s in after if after[s] != changed[s]} == {"pairs", "evaluate", "ood"}
 
 
+@pytest.mark.parametrize(
+    "source, takes_the_loss",
+    [
+        ("from alignpipe.dpo import preference_loss\n", True),  # the README's spelling
+        ("from alignpipe.dpo import *\n", True),
+        ("def f():\n    import alignpipe.dpo as dpo\n    return dpo.preference_loss\n", True),  # lazy, as an attribute
+        ("from alignpipe.dpo import scoring\n", False),
+        ("import alignpipe.dpo.scoring\n", False),
+    ],
+)
+def test_a_lazy_re_export_is_in_the_key_of_a_module_that_takes_it_and_only_there(tmp_path, source, takes_the_loss):
+    """alignpipe.dpo re-exports preference_loss through a PEP 562 __getattr__ (importlib, invisible
+    to the AST closure); the fingerprint reads its LAZY_EXPORTS instead."""
+    root = _copy_tree(tmp_path / "src")
+    (root / "alignpipe" / "probe.py").write_text(source)
+    before = code_fingerprint("alignpipe.probe", root)
+    assert ("alignpipe.dpo.loss" in before.modules) is takes_the_loss
+    loss = root / "alignpipe" / "dpo" / "loss.py"
+    loss.write_text(loss.read_text().replace("LOSS_TYPES = (", "LOSS_TYPES = ('sigmoid',) + ("))
+    assert (code_fingerprint("alignpipe.probe", root).digest != before.digest) is takes_the_loss
+
+
+def test_lazy_exports_must_be_a_literal_the_fingerprint_can_read(tmp_path):
+    root = _copy_tree(tmp_path / "src")
+    init = root / "alignpipe" / "dpo" / "__init__.py"
+    init.write_text(init.read_text().replace('"preference_loss": "alignpipe.dpo.loss",', '"preference_loss": "alignpipe.dpo." + "loss",'))
+    with pytest.raises(ValueError, match="LAZY_EXPORTS must be a literal dict"):
+        code_fingerprint("alignpipe.stages.dpo_stage", root)
+
+
 def test_digest_index_hashes_once_and_sees_new_contents(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
