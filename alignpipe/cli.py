@@ -7,7 +7,6 @@ option; a stage that fails exits 1.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
@@ -171,33 +170,18 @@ def stage(
     track: bool = typer.Option(True, "--track/--no-track", help="Record the run in MLflow."),
 ) -> None:
     """Run one stage, and any missing upstream, without Prefect: for a bare GPU box."""
-    from alignpipe.pipeline import NullTracker, StageFailed, run_pipeline
+    from alignpipe.pipeline import StageFailed, run_one_stage
     from alignpipe.plan import PipelineError
 
     cfg = _config(preset, config, set_)
-    from alignpipe.plan import StageCatalog
-
-    known = StageCatalog.default().names
-    if name not in known:
-        _fail(f"stage {name}: unknown stage (stages: {', '.join(known)})")
-    plan = _plan(cfg, [name], [name] if force else [])
-    if track and importlib.util.find_spec("mlflow") is None:
-        Console(stderr=True).print("MLflow is not installed: running untracked (--no-track)", highlight=False)
-        track = False
-    if track:
-        from alignpipe.tracking import PipelineTracker
-
-        tracker = PipelineTracker(cfg, entrypoint="stage", run_name=f"{cfg.preset}-stage-{name}")
-    else:
-        tracker = NullTracker()
     try:
-        result = run_pipeline(cfg, plan=plan, tracker=tracker)
+        ran = run_one_stage(cfg, name, force=force, track=track)
     except PipelineError as e:
         _fail(str(e))
     except StageFailed as e:
         _fail(str(e), code=1)
-    render_summary({"preset": cfg.preset, **tracker.summary(), **result.summary()}, cfg if track else None)
-    _out().print(f"ran: {', '.join(result.executed) or 'nothing (all cached)'}", highlight=False)
+    render_summary({"preset": cfg.preset, **ran.summary()}, cfg if ran.tracked else None)
+    _out().print(f"ran: {', '.join(ran.result.executed) or 'nothing (all cached)'}", highlight=False)
 
 
 SWEEPABLE_EXCLUDED = ("run_dir", "tracking", "orchestration", "preset")  # where and how it runs, not what

@@ -5,12 +5,13 @@
 
 `alignpipe run`, `alignpipe stage`, the Prefect flow and every deployment call it. What differs is
 plugged in at this seam, not wrapped around it: the tracker (MLflow parent and nested runs, or
-none) and the dispatcher (stages in order in this process, or Prefect tasks with futures that run
+none; `alignpipe stage` gets its own from `run_one_stage` here, so the CLI composes nothing) and the dispatcher (stages in order in this process, or Prefect tasks with futures that run
 independent stages concurrently and send mapped stages to work pools). Pure Python: no Prefect or
 MLflow import here.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 import traceback
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -355,6 +356,57 @@ def run_pipeline(
     Stages `elsewhere` handles (and that have something to compute) run there instead."""
     plan = plan or plan_pipeline(cfg, targets, rerun, catalog=catalog)
     return run_pipelines([Member(cfg, plan, tracker or NullTracker())], dispatcher=dispatcher, reporter=reporter, elsewhere=elsewhere)[0]
+
+
+def pipeline_tracker(
+    cfg: PipelineConfig, *, track: bool = True, entrypoint: str = "run", run_name: Optional[str] = None,
+    say: Optional[Callable[[str], None]] = None,
+) -> Tracker:
+    """MLflow's tracker (alignpipe.tracking.PipelineTracker) when `track` and MLflow is installed,
+    else none; a run that asked to be tracked on a box without MLflow says so in one line."""
+    if track and importlib.util.find_spec("mlflow") is None:
+        (say or _say_stderr)("MLflow is not installed: running untracked (--no-track)")
+        track = False
+    if not track:
+        return NullTracker()
+    from alignpipe.tracking import PipelineTracker
+
+    return PipelineTracker(cfg, entrypoint=entrypoint, run_name=run_name)
+
+
+def _say_stderr(line: str) -> None:
+    Console(stderr=True).print(line, highlight=False)
+
+
+@dataclass
+class OneStageRun:
+    """What `alignpipe stage` shows: the pipeline's result and where it was recorded."""
+
+    result: PipelineResult
+    tracker: Tracker
+
+    @property
+    def tracked(self) -> bool:
+        return not isinstance(self.tracker, NullTracker)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.tracker.summary(), **self.result.summary()}
+
+
+def run_one_stage(
+    cfg: PipelineConfig, name: str, *, force: bool = False, track: bool = True, catalog: Optional[StageCatalog] = None,
+    say: Optional[Callable[[str], None]] = None,
+) -> OneStageRun:
+    """`alignpipe stage NAME`, without Prefect: plan NAME and whatever upstream the store lacks
+    (every input validated before a model loads), then run it inside an MLflow run of its own when
+    `track` (see pipeline_tracker). `force` recomputes NAME even if cached. Raises PipelineError
+    (one line: unknown stage, bad inputs) or StageFailed."""
+    catalog = catalog or StageCatalog.default()
+    if name not in catalog.names:
+        raise PipelineError(f"stage {name}: unknown stage (stages: {', '.join(catalog.names)})")
+    plan = plan_pipeline(cfg, [name], [name] if force else [], catalog=catalog)
+    tracker = pipeline_tracker(cfg, track=track, entrypoint="stage", run_name=f"{cfg.preset}-stage-{name}", say=say)
+    return OneStageRun(run_pipeline(cfg, plan=plan, tracker=tracker), tracker)
 
 
 @dataclass

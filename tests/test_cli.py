@@ -84,6 +84,17 @@ def test_stage_runs_missing_upstream_then_reuses(config, doubles):
     assert calls(cfg) == ["sft", "pairs", "reference", "dpo", "dpo"]
 
 
+def test_stage_on_a_box_without_mlflow_runs_untracked_and_says_so(config, doubles, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "mlflow" else real(name, *a, **k))
+    result = invoke("stage", "sft", "--config", config)
+    assert result.exit_code == 0, result.output
+    assert "MLflow is not installed: running untracked (--no-track)" in result.output
+    assert "mlflow:" not in result.output and "ran: sft" in result.output
+
+
 def test_failing_stage_exits_1_in_one_line_naming_its_traceback_file(config, monkeypatch):
     use_doubles(monkeypatch, fail={"dpo"})
     result = invoke("stage", "dpo", "--config", config, "--no-track")
