@@ -29,7 +29,7 @@ def test_every_item_judged_once_and_a_rerun_is_free(server, tmp_path):
     assert result.item_wins == expected_wins(batch)  # the A/B order is mapped back correctly
     assert {v.order for v in result.verdicts} == {POLICY_FIRST, BASELINE_FIRST}
     assert (result.n_valid, result.n_invalid, result.n_cached) == (12, 0, 0)
-    assert result.win_rate == 0.5 and result.stderr == pytest.approx((0.25 / 12) ** 0.5)
+    assert result.win_rate == 0.5 and result.stderr == pytest.approx((0.25 * 12 / 11 / 12) ** 0.5)  # sd of 6 wins, 6 losses over sqrt(12)
     assert server.n_requests == 12 and set(server.requests_by_key.values()) == {1}
     assert all(b["model"] == "judge-model" and b["temperature"] == 0 for b in server.seen)
     assert (result.input_tokens, result.output_tokens) == (server.prompt_tokens, server.completion_tokens)

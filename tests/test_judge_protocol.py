@@ -88,7 +88,7 @@ def test_summarize_excludes_invalid_and_counts_only_fresh_spend():
     r = summarize([_v(1.0), _v(0.0, cached=True), _v(None), _v(1.0)], 1)
     assert (r.n_valid, r.n_invalid, r.n_cached) == (3, 1, 1)
     assert r.win_rate == pytest.approx(2 / 3)
-    assert r.stderr == pytest.approx(math.sqrt(2 / 3 * 1 / 3 / 3))
+    assert r.stderr == pytest.approx(math.sqrt(1 / 3) / math.sqrt(3))  # sd of the item scores [1, 0, 1] over sqrt(3)
     assert (r.input_tokens, r.output_tokens, r.cost_usd) == (30, 6, pytest.approx(0.3))
     assert r.metrics("judge/")["judge/n_invalid"] == 1.0 and "judge/disagreement_rate" not in r.metrics("judge/")
     assert summarize([_v(None)], 1).win_rate is None
@@ -105,8 +105,8 @@ def test_summarize_both_orders_averages_and_measures_disagreement():
     pairs = [(1.0, 1.0), (1.0, 0.0), (0.0, 0.0), (None, 1.0), (None, None)]
     verdicts = [_v(x, order=POLICY_FIRST) if j == 0 else _v(x, order=BASELINE_FIRST) for p in pairs for j, x in enumerate(p)]
     r = summarize(verdicts, 2)
-    assert r.item_wins == [1.0, 0.5, 0.0, 1.0, None]
-    assert r.win_rate == pytest.approx(2.5 / 4) and (r.n_valid, r.n_invalid) == (4, 1)
+    assert r.item_wins == [1.0, 0.5, 0.0, None, None]  # one invalid order makes the item invalid
+    assert r.win_rate == pytest.approx(1.5 / 3) and (r.n_valid, r.n_invalid) == (3, 2)
     assert r.disagreement_rate == pytest.approx(1 / 3)  # over the 3 items valid in both orders
     assert [len(v) for v in r.by_item()] == [2] * 5
     # position bias: the first shown text's result is policy_wins in policy-first order, 1 - policy_wins otherwise

@@ -4,7 +4,16 @@ With both orders an item's score is the mean of its two verdicts, so a pair the 
 differently when the texts swap places scores 0.5, a tie (MT-Bench's rule, Zheng et al. 2023,
 "Judging LLM-as-a-Judge", sec. 3.4). Two numbers say how much order mattered: the disagreement rate
 (items whose two verdicts differ) and the position bias (share of verdicts won by the text shown
-first; 0.5 for a judge that ignores position)."""
+first; 0.5 for a judge that ignores position).
+
+An item judged in both orders with only one valid verdict is invalid (None), not scored by the
+verdict that survived: that verdict carries the position bias the other order would have cancelled.
+A judge that always answers "A" and fails only when the policy is shown second would otherwise
+win every failed item (0.575 instead of 0.5 at a 15% failure rate). Invalid items leave the
+denominator and are counted, so max_invalid_fraction still guards against a judge failing often.
+
+The standard error is the standard deviation of the per-item scores over sqrt(n): with ties and
+averaged orders it is smaller than the binomial sqrt(p(1-p)/n) (all ties: 0)."""
 from __future__ import annotations
 
 import math
@@ -15,18 +24,20 @@ from alignpipe.judge.records import JudgeResult, Verdict
 
 
 def item_score(verdicts: list[Verdict]) -> Optional[float]:
-    """Mean of an item's valid verdicts (both orders: 1, 0.5 or 0), None when none is valid."""
-    valid = [v.policy_wins for v in verdicts if v.policy_wins is not None]
-    return sum(valid) / len(valid) if valid else None
+    """Mean of an item's verdicts (both orders: 1, 0.5 or 0); None when any of them is invalid."""
+    wins = [v.policy_wins for v in verdicts]
+    return None if not wins or any(w is None for w in wins) else sum(wins) / len(wins)
 
 
 def win_rate_and_stderr(scores: list[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
-    """Mean of the valid scores and sqrt(p(1-p)/n), the paper's binomial standard error."""
+    """Mean of the valid scores and their standard deviation over sqrt(n) (None below two)."""
     valid = [s for s in scores if s is not None]
     if not valid:
         return None, None
     p = sum(valid) / len(valid)
-    return p, math.sqrt(p * (1.0 - p) / len(valid))
+    if len(valid) < 2:
+        return p, None
+    return p, math.sqrt(sum((s - p) ** 2 for s in valid) / (len(valid) - 1) / len(valid))
 
 
 def disagreement_rate(per_item: list[list[Verdict]]) -> Optional[float]:
