@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -117,7 +119,8 @@ def naive_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targ
 
 
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(backbone returning last_hidden_state, lm_head) of an HF causal LM, PEFT-wrapped or not."""
+    """(backbone returning last_hidden_state, lm_head) of an HF causal LM, PEFT-wrapped or not; a
+    one-line TypeError for a head this module would score wrongly (see head_scale)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(lm, lm.base_model_prefix, None)
     head = lm.get_output_embeddings()
@@ -125,10 +128,73 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         raise TypeError(f"{type(lm).__name__}: cannot find the backbone and LM head")
     if getattr(head, "bias", None) is not None:
         raise TypeError(f"{type(lm).__name__}: LM heads with a bias are not supported")
-    for attr in ("final_logit_softcapping", "logit_scale"):
-        if getattr(lm.config, attr, None) not in (None, 1.0):
-            raise TypeError(f"{type(lm).__name__}: config.{attr} is not supported")
+    if type(lm).__name__ in OTHER_HEADS:
+        raise TypeError(f"{type(lm).__name__}: {OTHER_HEADS[type(lm).__name__]}: not supported")
+    head_scale(lm)
     return backbone, head
+
+
+# What some architectures do to the logits after the LM head, beyond `hidden @ W.T`. A linear factor f
+# (logits = f * hidden @ W.T; the head has no bias) is applied to the gathered hidden states instead,
+# which is exact and reaches everything that scores through `gathered_hidden` (DPO, reference, SFT,
+# KL). By model type (the text config's): the config attributes read and the factor they give.
+HEAD_SCALES: dict[str, tuple[tuple[str, ...], Callable[[Any], float]]] = {
+    **dict.fromkeys(
+        ("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared"),
+        (("logits_scaling",), lambda c: 1.0 / c.logits_scaling),  # logits / logits_scaling
+    ),
+    "hyperclovax": (("logits_scaling",), lambda c: float(c.logits_scaling)),  # logits * logits_scaling (muP)
+    "minicpm3": (("dim_model_base",), lambda c: c.dim_model_base / c.hidden_size),  # hidden / (hidden_size / dim_model_base)
+    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe"), (("logit_scale",), lambda c: float(c.logit_scale))),
+    "cohere_compass_text": (("logit_scale",), lambda c: 1.0 if c.logit_scale is None else float(c.logit_scale)),
+    "falcon_h1": (("lm_head_multiplier",), lambda c: float(c.lm_head_multiplier)),
+    "inkling_text": (("logits_mup_width_multiplier",), lambda c: 1.0 / c.logits_mup_width_multiplier),
+    "mpt": (("logit_scale",), lambda c: 1.0),  # a config field MptForCausalLM does not read
+}
+# Config attributes that look like head settings but act elsewhere: in the backbone (which runs the
+# model's own code), in routing or generation, or covered by the bias check above.
+NOT_THE_HEAD = frozenset({
+    "attn_logit_softcapping", "mlp_gate_softcap", "mlp_up_softcap", "gate_soft_cap", "moe_router_logit_softcapping",
+    "router_logit_softcapping", "mup_enabled", "output_router_logits", "num_logits_to_keep", "chunk_size_lm_head",
+    "lm_head_bias",
+})  # fmt: skip
+# Any other attribute with such a name must be neutral (None, 1, False); a softcap is never applied here
+# (tanh is not linear, and KL scoring multiplies by the head's weight itself): final_logit_softcapping
+# (Gemma 2, Gemma 3n, VaultGemma, NanoChat, Beam, Inkling2), logits_soft_cap (RecurrentGemma),
+# output_logit_soft_cap (xLSTM), and unpadded_vocab_size below the head's rows (Inkling) are refused.
+HEAD_ATTRIBUTE = re.compile(r"logit|lm_head|soft_?cap|output_mult|mup|width_mult|dim_model_base|unpadded_vocab", re.I)
+# Causal LMs whose output embeddings are not what their forward applies to the backbone's output.
+OTHER_HEADS = {
+    "ModernBertDecoderForCausalLM": "its logits are decoder(lm_head(hidden)), a transform before the output embeddings",
+    "Gemma4AssistantForCausalLM": "its logits come from a masked embedding lookup",
+    "Gemma4UnifiedAssistantForCausalLM": "its logits come from a masked embedding lookup",
+}
+
+
+def _text_config(config):
+    try:
+        return config.get_text_config()
+    except (AttributeError, ValueError):  # no text config, or several (encoder-decoder styles)
+        return config
+
+
+def head_scale(model: nn.Module) -> float:
+    """The factor this model multiplies its logits by after the LM head (1.0 for most), or a one-line
+    TypeError naming the config attribute when the model changes its logits in another way."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = _text_config(lm.config)
+    read, factor = HEAD_SCALES.get(getattr(config, "model_type", None), ((), lambda c: 1.0))
+    vocab = lm.get_output_embeddings().weight.shape[0]
+    for attr, value in vars(config).items():
+        if attr in read or attr in NOT_THE_HEAD or not HEAD_ATTRIBUTE.search(attr) or isinstance(value, (dict, list)):
+            continue
+        if "cap" in attr.lower():  # a cap is off only as None (a cap of 1 is a cap)
+            neutral = value is None
+        else:  # a factor of 1, or a flag off; a vocabulary cut at the head's own size
+            neutral = value in (None, False, 1) or (attr == "unpadded_vocab_size" and value == vocab)
+        if not neutral:
+            raise TypeError(f"{type(lm).__name__}: config.{attr}={value!r} changes the logits in a way alignpipe does not apply (not supported)")
+    return factor(config)
 
 
 class SequenceScorer(nn.Module):
@@ -144,12 +210,13 @@ class SequenceScorer(nn.Module):
     def forward(self, batch) -> torch.Tensor:
         picked, head = gathered_hidden(self.lm, batch)
         token_logps = selective_log_softmax(picked, head.weight, batch.targets)
-        sums = torch.zeros(batch.num_segments, dtype=torch.float32, device=token_logps.device)
+        sums = torch.zeros(batch.num_segments, dtype=token_logps.dtype, device=token_logps.device)  # fp32, or fp64 for fp64 models
         return sums.index_add(0, batch.segment, token_logps)
 
 
 def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
-    """The backbone's hidden states at the positions that predict the batch's targets, and the LM head.
+    """The backbone's hidden states at the positions that predict the batch's targets, times the
+    model's logit scale (head_scale), and the LM head: `hidden @ head.weight.T` are the model's logits.
     The attention mask is built here, on the batch's device, in the form the model's attention takes."""
     backbone, head = causal_lm_parts(model)
     mask = model_attention_mask(model, batch, head.weight.dtype)
@@ -157,7 +224,9 @@ def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
     hidden = _backbone_output(model, backbone, kwargs)
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index), head
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
+    scale = head_scale(model)  # the model's own logit scaling, so that picked @ head.weight.T are its logits
+    return (picked * scale if scale != 1.0 else picked), head
 
 
 def _backbone_output(model: nn.Module, backbone: nn.Module, kwargs: dict) -> torch.Tensor:
@@ -176,6 +245,8 @@ def _backbone_output(model: nn.Module, backbone: nn.Module, kwargs: dict) -> tor
         model(**kwargs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=kwargs["input_ids"].device))
     finally:
         handle.remove()
+    if "hidden" not in out:
+        raise TypeError(f"{type(model).__name__}: its forward does not call its backbone as a module (encoder-decoder style decoders are not supported)")
     return out["hidden"]
 
 
