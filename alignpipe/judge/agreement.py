@@ -17,7 +17,7 @@ from alignpipe.judge.records import Comparison
 def human_agreement(judge, pairs: Sequence[dict[str, str]], *, source: str, n_resamples: int, seed: int) -> dict[str, Any]:
     """The agreement row: {source, n, n_invalid, agreement, ci_low, ci_high, order_disagreement, first_wins_share}."""
     items = [Comparison(prompt=p["prompt"], policy=p["chosen"], baseline=p["rejected"]) for p in pairs]
-    result = judge.judge(items, desc="judge vs human labels")
+    result = judge.judge(items, desc="judge vs human labels", purpose="human_agreement")
     ci = mean_ci(result.item_wins, n_resamples=n_resamples, seed=seed)
     return {
         "source": source,

@@ -19,6 +19,7 @@ from alignpipe.judge.cache import VerdictCache, cache_key
 from alignpipe.judge.gate import ValidityGate
 from alignpipe.judge.ordering import ORDERS, POLICY_FIRST, item_order, policy_wins, shown_texts
 from alignpipe.judge.records import Comparison, JudgeResult, Verdict
+from alignpipe.judge.usage import UsageLedger
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Judge:
         self.seed = seed
         ValidityGate(max_invalid_fraction, 0)  # a bad value fails here, not after paying for verdicts
         self.max_invalid_fraction = max_invalid_fraction
+        self.usage = UsageLedger()  # every judgment this judge made, per purpose (alignpipe.judge.usage)
 
     @property
     def name(self) -> str:
@@ -88,8 +90,9 @@ class Judge:
                 slots.append(_Slot(order, Request(key, item.prompt, first, second)))
         return slots
 
-    def judge(self, items: list[Comparison], desc: str = "judging") -> JudgeResult:
-        """Judge every item (asking only what the cache lacks) and sum up.
+    def judge(self, items: list[Comparison], desc: str = "judging", purpose: str = "judging") -> JudgeResult:
+        """Judge every item (asking only what the cache lacks) and sum up; what it spent goes to
+        self.usage under `purpose` (also what an interrupted call had paid for before it failed).
 
         Raises JudgeInvalidVerdictsError when more than max_invalid_fraction of the verdicts are
         invalid (as early as that is certain), and JudgeUnavailableError when the backend gives up.
@@ -148,6 +151,7 @@ class Judge:
             ) from None
         finally:
             bar.close()
+            self.usage.record_answers(purpose, fresh.values())  # paid for, even when the call then fails
         if gate.failed:
             raise gate.error(self.name)
         missing = [r.key for r in pending if r.key not in fresh]
@@ -159,7 +163,9 @@ class Judge:
             reused = slot.request.key in cached_keys or slot.request.key in paid
             paid.add(slot.request.key)
             verdicts.append(self._verdict(slot, fresh, reused))
-        return summarize(verdicts, len(self._orders(0)) if slots else 1, self.backend.order_sensitive)
+        result = summarize(verdicts, len(self._orders(0)) if slots else 1, self.backend.order_sensitive)
+        self.usage.record_cached(purpose, result.n_cached)
+        return result
 
     def _verdict(self, slot: _Slot, fresh: dict[str, Answer], reused: bool) -> Verdict:
         key = slot.request.key
