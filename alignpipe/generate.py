@@ -5,7 +5,14 @@ token sits in the last column, and decoded with the KV cache. The attention mask
 tokenizer's padding, never from token ids: SmolLM2's pad token *is* its EOS token.
 
 Each batch is seeded from (seed, batch index), so a batch's samples do not depend on what earlier
-batches drew, and the caller's global RNG state is left untouched.
+batches drew, and the caller's global RNG state is left untouched. Callers that sample several
+models for one comparison give each its own seed (`stream_seed(seed, name)`): with one shared seed
+two near-identical policies draw identical continuations, artificial ties under a reward judge.
+
+Samples come from the model itself: its own `generation_config` sampling defaults (min_p, top_k,
+top_p, typical_p, repetition penalties, n-gram bans, suppressed tokens, ...) are set aside for the
+call, keeping only its special token ids, so T = 1 without nucleus truncation is the model's
+distribution (what a KL of the policy needs, alignpipe.kl) and not a processed one.
 
 Besides the texts, the result keeps the exact token ids: the prompt as the model was conditioned on
 it and the tokens it sampled, so a sequence-level KL can score the very sequence that was drawn
@@ -15,13 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
 from alignpipe.batching import length_sorted_batches
 from alignpipe.tokenization import as_chat
+from alignpipe.train.precision import autocast
 
 
 @dataclass
@@ -41,6 +51,37 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of one named sampling stream (e.g. "policy", "sft") under the config seed: distinct
+    streams draw independently, and each is deterministic given (seed, name)."""
+    digest = hashlib.sha256(f"{seed}:stream:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# What a model's own generation config keeps for a call of generate(): its special tokens only.
+_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _plain_generation_config(config):
+    """A fresh GenerationConfig with only the token ids of `config`: no logit processor the model's
+    authors set as a default (transformers fills every unset argument from the model's own config)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(**{k: getattr(config, k, None) for k in _TOKEN_FIELDS if getattr(config, k, None) is not None})
+
+
+@contextmanager
+def _own_processors_off(model):
+    """The model's generation_config replaced by its token ids alone for the duration of the call."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = target.generation_config
+    target.generation_config = _plain_generation_config(own)
+    try:
+        yield
+    finally:
+        target.generation_config = own
+
+
 def _eos_ids(model, tokenizer) -> list[int]:
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
     ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]  # a copy: never edit the model's config
@@ -50,7 +91,8 @@ def _eos_ids(model, tokenizer) -> list[int]:
 
 
 def _sampling_kwargs(temperature: float, top_p: float) -> dict:
-    """Pure temperature / nucleus sampling: every other knob neutral, whatever the model's own defaults."""
+    """Pure temperature / nucleus sampling: every other knob neutral (the model's own defaults are
+    set aside as well, _own_processors_off)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
@@ -76,11 +118,13 @@ def generate(
     desc: str = "generating",
     stop_at_eos: bool = True,
     chat_template: bool = False,
+    precision: Optional[str] = None,
 ) -> GenerationResult:
     """Sample one completion per prompt (temperature 0: greedy). Same inputs, batch_size and seed
     give the same texts. stop_at_eos=False keeps generating to max_new_tokens (for benchmarks).
     chat_template: each prompt is sent as one user turn through the tokenizer's chat template,
-    exactly as SFT and DPO saw it (model.chat_template)."""
+    exactly as SFT and DPO saw it (model.chat_template). precision: a model.dtype setting whose
+    training autocast the forward runs under (alignpipe.train.precision; None: none)."""
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens} and {batch_size}")
     start = time.perf_counter()
@@ -105,6 +149,7 @@ def generate(
         raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization (this tokenizer adds no BOS)")
     batches = length_sorted_batches(lengths, batch_size)
     devices = [model.device] if model.device.type == "cuda" else []
+    compute = lambda: autocast(model.device, precision) if precision is not None else nullcontext()  # noqa: E731
     was_training = model.training
     model.eval()
     padding_side = tokenizer.padding_side
@@ -113,7 +158,7 @@ def generate(
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for batch_index, indices in enumerate(batches):
                 enc = tokenizer([texts_in[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=special).to(model.device)
-                with torch.random.fork_rng(devices=devices):
+                with torch.random.fork_rng(devices=devices), _own_processors_off(model), compute():
                     torch.manual_seed(batch_seed(seed, batch_index))
                     out = model.generate(
                         input_ids=enc["input_ids"],
