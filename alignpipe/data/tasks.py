@@ -8,9 +8,13 @@ Evaluation is held out, and from the test split where the dataset has one:
 - without one (a single data-dir file, the built-in set), the records are grouped (by prompt; IMDb
   by review), the groups shuffled with the seed, and the first `cfg.eval_size` groups (at most half)
   are held out for evaluation; training data comes only from the other groups.
-Either way the evaluate stage then removes any evaluation prompt that equals a training prompt
-(alignpipe.data.overlap) and counts it: the TL;DR comparisons, for one, are a separate dataset over
-posts that a held-out split cannot see.
+Training and evaluation of one task come from one source: a held-out split read from a data dir
+or the hub while training falls back to the built-in sample is refused (the built-in IMDb reviews
+are aclImdb *test* reviews, so a `<dir>/imdb.test.jsonl` of aclImdb's test split holds them too).
+Either way the evaluate stage then removes any evaluation prompt that equals a training text, or
+whose source text does (`source`: the IMDb review it was cut from; alignpipe.data.overlap), and
+counts it: the TL;DR comparisons, for one, are a separate dataset over posts that a held-out split
+cannot see, and an IMDb review SFT saw whole must not open an evaluation prompt.
 
 IMDb prompts are a review's first k tokens, k drawn per review from cfg.prefix_tokens (the paper's
 2 to 8), so prompts need the model's tokenizer.
@@ -30,6 +34,7 @@ from alignpipe.data.sources import EVAL_SPLITS, HUB_DATASETS, SourceUnavailable,
 from pipeline_config.schema import DataConfig
 
 log = logging.getLogger(__name__)
+BUILTIN_LABEL_START = "the built-in "  # how load_source_from names the built-in sample it fell back to
 
 LOADERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "imdb": adapters.imdb,
@@ -73,7 +78,7 @@ def load_source_from(name: str, data_dir: Optional[str | Path], split: str, *, b
     except SourceUnavailable as e:
         if builtin_fallback and name in BUILTIN_FILES:
             log.warning("%s; using the built-in %s set (%s)", e, name, BUILTIN_FILES[name])
-            return builtin_records(name), f"the built-in {name} sample (alignpipe/builtin_data/{BUILTIN_FILES[name]})"
+            return builtin_records(name), f"{BUILTIN_LABEL_START}{name} sample (alignpipe/builtin_data/{BUILTIN_FILES[name]})"
         hint = " (set data.builtin_fallback for the small built-in set)" if name in BUILTIN_FILES else ""
         raise SourceUnavailable(f"{e}{hint}") from None
     where = str(directory / f"{name}.jsonl") if directory is not None else hub_source_label(HUB_DATASETS[name], split)
@@ -118,12 +123,13 @@ def sft_examples(cfg: DataConfig, n: Optional[int] = None) -> list[dict[str, str
 def generation_prompts(
     cfg: DataConfig, split: Literal["train", "eval"], n: Optional[int] = None, tokenizer=None
 ) -> list[dict[str, Optional[str]]]:
-    """[{prompt, reference}] to sample from: "train" for preference pairs (default n:
+    """[{prompt, reference[, source]}] to sample from: "train" for preference pairs (default n:
     cfg.prompt_size), "eval" for evaluation (default n: cfg.eval_size). Prompts are unique.
 
     IMDb: a review's first k tokens (tokenizer required), k drawn from cfg.prefix_tokens, reference
     None; TL;DR: the post, reference the human summary; HH / UltraFeedback / local: the dialogue,
-    reference the chosen reply.
+    reference the chosen reply. `source`, where the prompt is cut from a longer text, is that text
+    (the whole IMDb review), for the overlap check against training texts.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -136,7 +142,8 @@ def generation_prompts(
         if prompt in seen:  # two IMDb reviews may open with the same few tokens
             continue
         seen.add(prompt)
-        out.append({"prompt": prompt, "reference": group[0]["reference"]})
+        source = _source_text(group[0], cfg)
+        out.append({"prompt": prompt, "reference": group[0]["reference"], **({"source": source} if source != prompt else {})})
         if len(out) == n:
             break
     return _enough(out, n, f"{split} prompts for task '{cfg.task}'")
@@ -206,10 +213,19 @@ def ood_prompt(task: str, article: str, article_chars: Optional[int]) -> str:
 
 
 def ood_prompts(cfg: DataConfig, n: int, article_chars: Optional[int]) -> list[dict[str, str]]:
-    """[{prompt, reference}] for the OOD test: CNN/DailyMail articles, reference = their highlights."""
-    articles = ood_articles(cfg.dir, n, builtin_fallback=cfg.builtin_fallback)
-    return [{"prompt": ood_prompt(cfg.task, a["article"], article_chars), "reference": " " + a["highlights"].replace("\n", " ")}
-            for a in articles]
+    """[{prompt, reference, source}] for the OOD test: CNN/DailyMail articles, reference = their highlights."""
+    return ood_prompts_from(cfg, n, article_chars)[0]
+
+
+def ood_prompts_from(cfg: DataConfig, n: int, article_chars: Optional[int]) -> tuple[list[dict[str, str]], str]:
+    """(OOD prompts, where they were read from, in words): the label names the file, hub split or
+    built-in sample actually read, never an assumed one."""
+    n = _check_n(n)
+    records, where = load_source_from("cnn_dailymail", cfg.dir, "test", builtin_fallback=cfg.builtin_fallback)
+    articles = _enough(records[:n], n, "CNN/DailyMail articles")
+    prompts = [{"prompt": ood_prompt(cfg.task, a["article"], article_chars), "reference": " " + a["highlights"].replace("\n", " "),
+                "source": a["article"]} for a in articles]  # fmt: skip
+    return prompts, f"the first {len(articles)} CNN/DailyMail articles of {where}"
 
 
 def describe_source(cfg: DataConfig) -> str:
@@ -225,6 +241,14 @@ def task_split(cfg: DataConfig) -> TaskSplit:
     """The task's records as training and evaluation groups (see the module docstring)."""
     examples, where = _examples(cfg)
     held_out = None if cfg.task == "local" else load_eval_source(TASK_DATASET[cfg.task][0], cfg.dir)
+    if held_out is not None and where.startswith(BUILTIN_LABEL_START):
+        name = TASK_DATASET[cfg.task][0]
+        field = f"data.dir {cfg.dir}" if cfg.dir else "data"
+        raise ValueError(
+            f"{field}: task '{cfg.task}' would train on {where} but evaluate on {held_out[1]}: one task's training and "
+            f"evaluation must come from one source (put {name}.jsonl beside the test split, or remove the test split to "
+            f"hold evaluation out of the built-in sample)"
+        )
     train = _shuffled_groups(examples, cfg.seed)
     if held_out is not None:
         test_examples = _task_examples(cfg, held_out[0])
@@ -251,6 +275,11 @@ def _shuffled_groups(examples: list[dict[str, Any]], seed: int) -> list[list[dic
 def _pairs_of(groups: list[list[dict]]) -> list[dict[str, str]]:
     return [{"prompt": ex["prompt"], "chosen": ex["chosen"], "rejected": ex["rejected"]}
             for group in groups for ex in group if ex["chosen"] is not None and ex["rejected"] is not None]
+
+
+def _source_text(example: dict[str, Any], cfg: DataConfig) -> str:
+    """The text a generation prompt is cut from: the whole review for IMDb, else the prompt itself."""
+    return example["sft_completion"] if cfg.task == "imdb" else example["prompt"]
 
 
 def _generation_prompt(example: dict[str, Any], cfg: DataConfig, tokenizer) -> str:
