@@ -94,12 +94,17 @@ def _results_table(stage: str, metrics: dict[str, float]) -> Optional[Table]:
     if not rows:
         return None
     title = "DPO vs baselines, held-out prompts" if stage == "evaluate" else "DPO out of distribution (CNN/DailyMail)"
-    table = _table(title, "vs", "T", "DPO win rate", "reward DPO", "reward SFT", "KL nats")
+    table = _table(title, "vs", "T", "DPO win rate", "reward DPO", "reward SFT", "reward DPO - base (95% CI)", "KL nats")
     for baseline, t in rows:
         get = lambda key: metrics.get(key)  # noqa: E731
-        wr, se = get(f"win_rate/{baseline}/{t}"), get(f"win_rate/{baseline}/{t}/stderr")
-        cells = [f"{wr:.2f} ± {se:.2f}" if se is not None else f"{wr:.2f}"]
-        cells += [f"{get(k):.3f}" if get(k) is not None else "-" for k in (f"reward/dpo/{t}", f"reward/sft/{t}", f"kl/dpo/{t}")]
+        key = f"win_rate/{baseline}/{t}"
+        wr, se = get(key), get(f"{key}/stderr")
+        cells = [(f"{wr:.2f} ± {se:.2f}" if se is not None else f"{wr:.2f}")
+                 + (f" [{get(key + '/ci_low'):.2f}, {get(key + '/ci_high'):.2f}]" if get(key + "/ci_low") is not None else "")]
+        cells += [f"{get(k):.3f}" if get(k) is not None else "-" for k in (f"reward/dpo/{t}", f"reward/sft/{t}")]
+        diff, lo, hi = (get(f"{key}/reward_diff{s}") for s in ("", "_ci_low", "_ci_high"))  # paired per prompt
+        cells.append(f"{diff:.3f} [{lo:.3f}, {hi:.3f}]" if diff is not None and lo is not None else "-")
+        cells.append(f"{get(f'kl/dpo/{t}'):.3f}" if get(f"kl/dpo/{t}") is not None else "-")
         table.add_row(baseline, t[1:], *cells)
     return table
 

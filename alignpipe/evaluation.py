@@ -1,12 +1,17 @@
 """Win rates of the DPO policy against baselines, per sampling temperature, and the reward/KL frontier.
 
 For each temperature the policy (and the SFT model, when it is a baseline or needed for reward)
-samples one completion per prompt; the judge compares policy vs each baseline. Every win rate comes
-with a percentile-bootstrap 95% CI over prompts (alignpipe.bootstrap), a length-controlled win rate
-(alignpipe.length_control, AlpacaEval 2's regression) and the mean lengths of both sides, and for
-an order-sensitive judge the order checks (disagreement between orders, share of "first shown wins").
+samples `samples_per_prompt` completions per prompt; the judge compares policy vs each baseline,
+sample j against sample j. Every win rate is over prompts (a prompt's score: the mean of its
+comparisons) and comes with a continuity-corrected Wilson 95% CI (alignpipe.bootstrap), a
+length-controlled win rate for judges that are not reward models (alignpipe.length_control,
+AlpacaEval 2's regression, withheld with the reason when zero length difference is outside the
+data) and the mean lengths of both sides, and for an order-sensitive judge the order checks
+(disagreement between orders, share of "first shown wins").
 
-With a scalar reward judge the mean reward of each policy's samples is reported per temperature.
+With a scalar reward judge the mean reward of each policy's samples is reported per temperature,
+and each win-rate row carries the paired mean reward difference (per prompt: DPO's samples' mean
+reward minus the baseline's on the same prompt) with its t interval over prompts.
 KL(policy || SFT) is reported only for T=1 samples, scored on their own token ids (alignpipe.kl):
 at any other temperature the samples are not drawn from the policy and the sum is not its KL. The
 frontier (the paper's Figure 2) is one point per *policy* at T=1: the final DPO policy, optional
@@ -20,11 +25,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from alignpipe.bootstrap import mean_ci, statistic_ci
+from alignpipe.bootstrap import mean_ci, stderr, t_interval, win_rate_ci
 from alignpipe.generate import GenerationResult, generate
 from alignpipe.judge import Comparison
 from alignpipe.kl import sampled_sequence_kl
-from alignpipe.length_control import lc_win_rate
+from alignpipe.length_control import LengthControlled, length_controlled
 from pipeline_config.schema import SamplingConfig
 
 TEXT_BASELINES = ("reference_text", "chosen")  # both come from the prompt's `reference` field
@@ -67,9 +72,10 @@ class EvalTables:
             key = f"{prefix}win_rate/{r['baseline']}/t{r['temperature']:g}"
             if r["win_rate"] is not None:
                 out[key] = r["win_rate"]
+            if r.get("stderr") is not None:
                 out[key + "/stderr"] = r["stderr"]
-            for name in ("ci_low", "ci_high", "lc_win_rate", "order_disagreement", "first_wins_share",
-                         "mean_length_policy", "mean_length_baseline"):
+            for name in ("ci_low", "ci_high", "lc_win_rate", "lc_ci_low", "lc_ci_high", "reward_diff", "reward_diff_ci_low",
+                         "reward_diff_ci_high", "order_disagreement", "first_wins_share", "mean_length_policy", "mean_length_baseline"):
                 if r.get(name) is not None:
                     out[f"{key}/{name}"] = float(r[name])
             out[key + "/n_invalid"] = float(r["n_invalid"])
@@ -97,30 +103,60 @@ def _mean_stderr(xs: Sequence[float]) -> tuple[float, Optional[float]]:
     return m, math.sqrt(var / len(xs))
 
 
+def per_prompt(values: Sequence[Optional[float]], k: int) -> list[Optional[float]]:
+    """Per-prompt means of values laid out prompt-major, k per prompt (sample j of prompt i at i*k + j);
+    None values are left out, and a prompt with none is None. The unit of every interval is the prompt."""
+    if k < 1 or len(values) % k:
+        raise ValueError(f"{len(values)} values do not split into prompts of {k} samples")
+    out: list[Optional[float]] = []
+    for i in range(0, len(values), k):
+        present = [v for v in values[i : i + k] if v is not None]
+        out.append(sum(present) / len(present) if present else None)
+    return out
+
+
 def _ci_fields(prefix: str, ci: Optional[tuple[float, float]]) -> dict[str, Optional[float]]:
     return {f"{prefix}ci_low": ci[0] if ci else None, f"{prefix}ci_high": ci[1] if ci else None}
 
 
+REWARD_JUDGE_LC_NOTE = "reward judge: length is part of what it scores, not a bias to remove"
+
+
 def win_rate_row(result, *, temperature: float, baseline: str, policy_lengths: Sequence[int], baseline_lengths: Sequence[int],
-                 n_resamples: int, seed: int, headline: bool) -> dict[str, Any]:
-    """One (temperature, baseline) row: raw and length-controlled win rates with bootstrap CIs over
-    prompts, mean lengths, order checks."""
-    scores = result.item_wins
+                 headline: bool, samples_per_prompt: int = 1, reward_judge: bool = False,
+                 reward_diffs: Optional[Sequence[float]] = None) -> dict[str, Any]:
+    """One (temperature, baseline) row over prompts. `result` judged samples_per_prompt comparisons per
+    prompt (prompt-major: sample j of the policy against sample j of the baseline); a prompt's score is
+    the mean of its valid comparisons. Win rate, its stderr (sd of the prompt scores / sqrt(n)) and its
+    continuity-corrected Wilson 95% CI (alignpipe.bootstrap) are over prompts; so is the LC win rate
+    (alignpipe.length_control: per-prompt scores against per-prompt mean length differences), which a
+    reward judge never gets (its note says why). reward_diffs (a reward judge's reward(policy sample) -
+    reward(baseline sample), per comparison) give the paired mean reward difference and its t interval."""
+    k = samples_per_prompt
+    comparisons = result.item_wins
+    scores = per_prompt(comparisons, k)
     valid = [i for i, s in enumerate(scores) if s is not None]
-    ci = mean_ci(scores, n_resamples=n_resamples, seed=seed)
-    lc = lc_win_rate(scores, policy_lengths, baseline_lengths)
-    y = np.asarray([scores[i] for i in valid], dtype=np.float64)
-    lp = np.asarray([policy_lengths[i] for i in valid], dtype=np.float64)
-    lb = np.asarray([baseline_lengths[i] for i in valid], dtype=np.float64)
-    lc_ci = statistic_ci(len(valid), lambda idx: lc_win_rate(list(y[idx]), lp[idx], lb[idx]), n_resamples=n_resamples, seed=seed) if valid else None
+    ok = [c is not None for c in comparisons]
+    lp = per_prompt([n if v else None for n, v in zip(policy_lengths, ok)], k)
+    lb = per_prompt([n if v else None for n, v in zip(baseline_lengths, ok)], k)
+    if reward_judge:
+        lc = LengthControlled(None, None, REWARD_JUDGE_LC_NOTE)
+    else:
+        lc = length_controlled(scores, [x if x is not None else 0.0 for x in lp], [x if x is not None else 0.0 for x in lb])
+    diff = per_prompt(reward_diffs, k) if reward_diffs is not None else None
+    diff_ci = t_interval(diff) if diff is not None else None
     return {
         "temperature": temperature, "baseline": baseline, "headline": headline,
-        "win_rate": result.win_rate, "stderr": result.stderr, **_ci_fields("", ci),
-        "lc_win_rate": lc, **_ci_fields("lc_", lc_ci),
-        "n_valid": result.n_valid, "n_invalid": result.n_invalid,
+        "win_rate": sum(scores[i] for i in valid) / len(valid) if valid else None, "stderr": stderr(scores),
+        **_ci_fields("", win_rate_ci(scores)),
+        "lc_win_rate": lc.win_rate, **_ci_fields("lc_", lc.ci), "lc_note": lc.note,
+        "n_valid": len(valid), "n_invalid": len(scores) - len(valid), "samples_per_prompt": k,
+        "n_invalid_comparisons": sum(not v for v in ok),
         "order_disagreement": result.disagreement_rate, "first_wins_share": result.first_wins_share,
-        "mean_length_policy": float(lp.mean()) if valid else None,
-        "mean_length_baseline": float(lb.mean()) if valid else None,
+        "mean_length_policy": float(np.mean([lp[i] for i in valid])) if valid else None,
+        "mean_length_baseline": float(np.mean([lb[i] for i in valid])) if valid else None,
+        "reward_diff": float(np.mean([d for d in diff if d is not None])) if diff and any(d is not None for d in diff) else None,
+        **_ci_fields("reward_diff_", diff_ci),
     }  # fmt: skip
 
 
@@ -144,9 +180,15 @@ def evaluate_policy(
     labeller: Optional[Labeller] = None,
     policy_step: Optional[int] = None,
     extra_policies: Sequence[ExtraPolicy] = (),
+    samples_per_prompt: int = 1,
 ) -> EvalTables:
     """Sample, judge and tabulate. `judged_text(prompt, completion)` is what the judge and reward see.
-    best_of_n / labeller: the 'best_of_n' baseline's N and its picker. extra_policies: more frontier points."""
+    best_of_n / labeller: the 'best_of_n' baseline's N and its picker. extra_policies: more frontier points.
+    samples_per_prompt (k): each policy samples k completions per prompt (one at T=0, where they would
+    be the same greedy sample); sample j of DPO is judged against sample j of the baseline (k
+    comparisons, not k x k: as informative per judge call and k times cheaper for a paid judge), a
+    prompt's score is the mean of its k, and every interval is over prompts. Means of reward and KL
+    are over all samples, their intervals over the per-prompt means."""
     reward_judge = judge.backend.name == "reward"
     needs_sft = "sft" in baselines or reward_judge or compute_kl
     if needs_sft and sft is None:
@@ -158,8 +200,11 @@ def evaluate_policy(
     for b in baselines:
         if b in TEXT_BASELINES and any(p.get("reference") is None for p in prompts):
             raise ValueError(f"evaluate.baselines: '{b}' needs prompts with reference texts; this dataset has none")
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {samples_per_prompt}")
     texts = [p["prompt"] for p in prompts]
     tables = EvalTables()
+    k_at = lambda t: 1 if t == 0 else samples_per_prompt  # noqa: E731
     n_tokens = lambda s: len(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
 
     def gen(model, t: float, what: str, inputs: Sequence[str] = texts) -> GenerationResult:
@@ -169,16 +214,19 @@ def evaluate_policy(
         )  # fmt: skip
 
     def reward_of(samples: Sequence[str]) -> tuple[list[float], float, Optional[float], Optional[tuple[float, float]]]:
-        scores = judge.scores([judged_text(p, s) for p, s in zip(texts, samples)])
-        mean, se = _mean_stderr(scores)
-        return scores, mean, se, mean_ci(scores, n_resamples=bootstrap_samples, seed=seed)
+        """Per-sample rewards (k per prompt, prompt-major), their mean, and stderr / CI over prompts."""
+        k = len(samples) // len(texts)
+        scores = judge.scores([judged_text(p, s) for p, s in zip(_repeat(texts, k), samples)])
+        by_prompt = per_prompt(scores, k)  # k each: their mean is the mean over all samples
+        mean, se = _mean_stderr(by_prompt)
+        return scores, mean, se, mean_ci(by_prompt, n_resamples=bootstrap_samples, seed=seed)
 
     def frontier_point(label: str, policy_name: str, step: Optional[int], model, samples: GenerationResult) -> dict:
         """One policy's point: mean reward and mean KL(policy || SFT) of its own T=1 samples."""
         _, mean, se, ci = reward_of(samples.texts)
-        kls = [0.0] * len(texts) if model is sft else sampled_sequence_kl(
+        kls = [0.0] * len(samples.texts) if model is sft else sampled_sequence_kl(
             model, sft, samples.prompt_ids, samples.token_ids, pad_id=tokenizer.pad_token_id, batch_size=generation.batch_size)
-        kl_ci = mean_ci(kls, n_resamples=bootstrap_samples, seed=seed)
+        kl_ci = mean_ci(per_prompt(kls, len(kls) // len(texts)), n_resamples=bootstrap_samples, seed=seed)
         return {"label": label, "policy": policy_name, "dpo_step": step, "temperature": KL_TEMPERATURE,
                 "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci),
                 "kl": sum(kls) / len(kls), **_ci_fields("kl_", kl_ci), "n": len(texts),
@@ -186,48 +234,52 @@ def evaluate_policy(
 
     at_t1: dict[str, GenerationResult] = {}
     for t in temperatures:
-        pol_gen = gen(policy, t, "policy")
-        ref_gen = gen(sft, t, "SFT") if needs_sft else None
+        k = k_at(t)
+        shown, shown_prompts = _repeat(texts, k), _repeat(prompts, k)  # sample j of prompt i at i*k + j
+        pol_gen = gen(policy, t, "policy", shown)
+        ref_gen = gen(sft, t, "SFT", shown) if needs_sft else None
         pol, ref = pol_gen.texts, ref_gen.texts if ref_gen else None
         if t == KL_TEMPERATURE:
             at_t1 = {"dpo": pol_gen, **({"sft": ref_gen} if ref_gen else {})}
-        bon, candidates = _best_of_n(gen, sft, texts, t, best_of_n, labeller) if "best_of_n" in baselines else (None, None)
-        for i, p in enumerate(prompts):
+        bon, candidates = _best_of_n(gen, sft, shown, t, best_of_n, labeller) if "best_of_n" in baselines else (None, None)
+        for i, p in enumerate(shown_prompts):
             tables.samples.append({
-                "temperature": t, "index": i, "prompt": p["prompt"], "policy": pol[i], "sft": ref[i] if ref else None,
+                "temperature": t, "index": i // k, "sample": i % k, "prompt": p["prompt"], "policy": pol[i], "sft": ref[i] if ref else None,
                 "best_of_n": bon[i] if bon else None, "best_of_n_candidates": candidates[i] if candidates else None,
                 "reference": p.get("reference"),
                 "policy_tokens": pol_gen.num_new_tokens[i], "policy_finished": pol_gen.finished[i],
             })  # fmt: skip
         pol_lengths = [n_tokens(s) for s in pol]
+        # a reward judge: every sample's reward, once (the reward table and the paired differences)
+        rewards = {name: reward_of(x) for name, x in (("dpo", pol), ("sft", ref), ("best_of_n", bon)) if x is not None} if reward_judge else {}
         for b in baselines:
-            other = ref if b == "sft" else bon if b == "best_of_n" else [p["reference"] for p in prompts]
+            other = ref if b == "sft" else bon if b == "best_of_n" else [p["reference"] for p in shown_prompts]
             items = [
                 Comparison(prompt=p["prompt"], policy=judged_text(p["prompt"], a), baseline=judged_text(p["prompt"], o))
-                for p, a, o in zip(prompts, pol, other)
+                for p, a, o in zip(shown_prompts, pol, other)
             ]
             res = judge.judge(items, desc=f"judging vs {b} @ T={t:g}")
             tables.win_rates.append(win_rate_row(
                 res, temperature=t, baseline=b, policy_lengths=pol_lengths, baseline_lengths=[n_tokens(o) for o in other],
-                n_resamples=bootstrap_samples, seed=seed, headline=t == headline_temperature,
+                headline=t == headline_temperature, samples_per_prompt=k, reward_judge=reward_judge,
+                reward_diffs=[a - o for a, o in zip(rewards["dpo"][0], (rewards[b] if b in rewards else reward_of(other))[0])] if reward_judge else None,
             ))  # fmt: skip
             tables.add_usage(res)
             for i, verdicts in enumerate(res.by_item()):
                 for v in verdicts:
-                    tables.verdicts.append({"temperature": t, "baseline": b, "index": i, "policy_wins": v.policy_wins, "order": v.order, "cached": v.cached, "raw": v.raw})
-        if reward_judge:
-            for name, samples in (("dpo", pol), ("sft", ref), ("best_of_n", bon)):
-                if samples is not None:
-                    _, mean, se, ci = reward_of(samples)
-                    tables.reward_kl.append({"policy": name, "temperature": t, "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci), "kl": None})
+                    tables.verdicts.append({"temperature": t, "baseline": b, "index": i // k, "sample": i % k, "policy_wins": v.policy_wins, "order": v.order, "cached": v.cached, "raw": v.raw})
+        for name, (_, mean, se, ci) in rewards.items():
+            tables.reward_kl.append({"policy": name, "temperature": t, "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci), "kl": None})
     if compute_kl:
         if "dpo" not in at_t1:  # no T=1 row: sample both policies at T=1 for the frontier only
-            at_t1 = {"dpo": gen(policy, KL_TEMPERATURE, "policy (frontier)"), "sft": gen(sft, KL_TEMPERATURE, "SFT (frontier)")}
+            at_t1 = {name: gen(model, KL_TEMPERATURE, f"{what} (frontier)", _repeat(texts, k_at(KL_TEMPERATURE)))
+                     for name, model, what in (("dpo", policy, "policy"), ("sft", sft, "SFT"))}
         tables.frontier.append(frontier_point("sft", "sft", 0, sft, at_t1["sft"]))
         tables.frontier.append(frontier_point("dpo", "dpo", policy_step, policy, at_t1["dpo"]))
         for extra in extra_policies:
             model = extra.load()
-            tables.frontier.append(frontier_point(extra.label, "dpo", extra.dpo_step, model, gen(model, KL_TEMPERATURE, extra.label)))
+            tables.frontier.append(frontier_point(extra.label, "dpo", extra.dpo_step, model,
+                                                  gen(model, KL_TEMPERATURE, extra.label, _repeat(texts, k_at(KL_TEMPERATURE)))))
             del model
         tables.frontier.sort(key=lambda r: (r["policy"] != "sft", r["dpo_step"] is None, r["dpo_step"] or 0))
         kl_of = {r["label"]: r["kl"] for r in tables.frontier}
@@ -235,6 +287,11 @@ def evaluate_policy(
             if row["temperature"] == KL_TEMPERATURE and row["policy"] in kl_of:
                 row["kl"] = kl_of[row["policy"]]
     return tables
+
+
+def _repeat(xs: Sequence, k: int) -> list:
+    """Each element k times in a row: prompt-major, as every per-sample list here is laid out."""
+    return [x for x in xs for _ in range(k)]
 
 
 def _best_of_n(gen, sft, prompts: list[str], t: float, n: int, labeller: Labeller) -> tuple[list[str], list[list[str]]]:

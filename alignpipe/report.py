@@ -53,15 +53,20 @@ class WinRateRow(TypedDict):
     temperature: float
     baseline: str  # "sft" | "reference_text" | "chosen" | "best_of_n"
     win_rate: Optional[float]
-    stderr: Optional[float]  # binomial, as the paper reports it
-    n_valid: int
+    stderr: Optional[float]  # sd of the per-prompt scores / sqrt(n)
+    n_valid: int  # prompts
     n_invalid: int
     headline: NotRequired[bool]  # the row at evaluate.headline_temperature
-    ci_low: NotRequired[Optional[float]]  # 95% percentile bootstrap over prompts
+    ci_low: NotRequired[Optional[float]]  # 95% continuity-corrected Wilson interval over prompts
     ci_high: NotRequired[Optional[float]]
-    lc_win_rate: NotRequired[Optional[float]]  # length-controlled (AlpacaEval 2 regression)
+    lc_win_rate: NotRequired[Optional[float]]  # length-controlled (AlpacaEval 2 regression); None: see lc_note
     lc_ci_low: NotRequired[Optional[float]]
     lc_ci_high: NotRequired[Optional[float]]
+    lc_note: NotRequired[Optional[str]]  # why there is no LC (reward judge, extreme length changes, ...), or why it is the raw rate
+    samples_per_prompt: NotRequired[int]  # comparisons per prompt (sample j vs sample j); a prompt scores their mean
+    reward_diff: NotRequired[Optional[float]]  # reward judge: mean over prompts of DPO's mean reward minus the baseline's
+    reward_diff_ci_low: NotRequired[Optional[float]]  # paired t interval over prompts
+    reward_diff_ci_high: NotRequired[Optional[float]]
     mean_length_policy: NotRequired[Optional[float]]  # tokens
     mean_length_baseline: NotRequired[Optional[float]]
     order_disagreement: NotRequired[Optional[float]]  # both orders: share of pairs whose verdicts differ
@@ -325,14 +330,23 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if r.get("headline")]
 
 
+def lc_cell(row: Mapping[str, Any]) -> str:
+    """The LC win rate, or why there is none (alignpipe.length_control's rule)."""
+    if is_number(row.get("lc_win_rate")):
+        return fmt(row["lc_win_rate"]) + (f" ({row['lc_note']})" if row.get("lc_note") else "")
+    return f"none ({row['lc_note']})" if row.get("lc_note") else "n/a"
+
+
 def _win_rate_table(rows: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str, Any]] = ()) -> list[str]:
     """One line per (baseline, temperature): every statistic the evaluation measured for it."""
-    header = ["baseline", "T", "win rate", "95% CI", "LC win rate", "LC 95% CI", "length DPO", "length baseline",
+    if any(is_number(r.get("reward_diff")) for r in rows):
+        extra = [("reward DPO - baseline (95% CI)", lambda r: f"{fmt(r.get('reward_diff'))} {fmt_ci(r, 'reward_diff_')}"), *extra]
+    header = ["baseline", "T", "win rate", "95% CI (Wilson)", "LC win rate", "LC 95% CI", "length DPO", "length baseline",
               "order disagreement", "first shown wins", "valid", "invalid", "verdict"] + [name for name, _ in extra]
     body = []
     for r in sorted(rows, key=lambda r: (r["baseline"], r["temperature"])):
         line = [r["baseline"] + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
-                fmt_ci(r), fmt(r.get("lc_win_rate")), fmt_ci(r, "lc_"), fmt(r.get("mean_length_policy"), 1),
+                fmt_ci(r), lc_cell(r), fmt_ci(r, "lc_"), fmt(r.get("mean_length_policy"), 1),
                 fmt(r.get("mean_length_baseline"), 1), fmt(r.get("order_disagreement")), fmt(r.get("first_wins_share")),
                 r["n_valid"], r["n_invalid"], verdict(r)]  # fmt: skip
         body.append(line + [cell(r) for _, cell in extra])
@@ -354,15 +368,24 @@ def _agreement_line(row: Optional[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+LC_BIAS_SENTENCE = "; a raw win rate well above its LC value means that judge is rewarding length"
+
+
 def win_rate_section(rows: Sequence[WinRateRow], agreement: Optional[AgreementRow], out_dir: Path) -> Section:
     section = Section(
         "Win rate vs temperature (held-out prompts)",
         "each row is the share of held-out prompts where the judge preferred the DPO sample over the baseline's "
         "at that sampling temperature (ties and pairs the judge decided differently in the two orders count half). "
-        "The 95% CI is a percentile bootstrap over prompts; where it excludes 0.5 the difference is more than "
-        "sampling noise. The length-controlled (LC) win rate is AlpacaEval 2's: a logistic regression of the "
-        "judge's preference on the standardized length difference, read at zero difference; a raw win rate well "
-        "above its LC value means the judge is rewarding length. Lengths are mean tokens per sample. Order "
+        "The 95% CI is a continuity-corrected Wilson score interval over prompts (it covers at least 95% at 16 to "
+        "256 prompts, ties included, where the percentile bootstrap covered 81-84% at a 0.9 win rate); where it "
+        "excludes 0.5 the difference is more than sampling noise. With several samples per prompt a prompt scores "
+        "the mean of its comparisons, and intervals stay over prompts. The length-controlled (LC) win rate is "
+        "AlpacaEval 2's: a logistic regression of an LLM judge's preference on the standardized length difference, "
+        "read at zero difference" + LC_BIAS_SENTENCE + ". There is none (the reason is given) for a reward judge, "
+        "whose reward is itself the effect, length included, and where zero length difference lies outside the "
+        "observed differences (\"extreme length changes\", e.g. DPO longer on nearly every prompt), where the "
+        "regression could only extrapolate. A reward judge's rows also give DPO's mean reward minus the "
+        "baseline's, paired per prompt, with a t interval. Lengths are mean tokens per sample. Order "
         "disagreement and first-shown wins are the judge's position checks (n/a for a reward judge, which sees no "
         "order); first-shown wins far from 0.5 means position bias. The headline row is at the temperature the "
         "config fixes (`evaluate.headline_temperature`).",
@@ -370,6 +393,8 @@ def win_rate_section(rows: Sequence[WinRateRow], agreement: Optional[AgreementRo
     if not rows:
         section.omitted = "no in-distribution win-rate results in this run."
         return section
+    if not any(is_number(r.get("lc_win_rate")) and not r.get("lc_note") for r in rows):  # no fitted LC: no word on length bias
+        section.how_to_read = section.how_to_read.replace(LC_BIAS_SENTENCE, "")
     if _valid(rows):
         section.figures.append(plots.win_rate_vs_temperature(rows, out_dir / FIGURES["win_rate"]))
     else:
@@ -557,10 +582,19 @@ def _headline_line(r: Mapping[str, Any], where: str) -> str:
     lengths = ""
     if is_number(r.get("mean_length_policy")):
         lengths = f"; mean length DPO {fmt(r['mean_length_policy'], 1)} vs {fmt(r.get('mean_length_baseline'), 1)} tokens"
+    k = r.get("samples_per_prompt") or 1
+    per = f" ({k} samples each)" if k > 1 else ""
+    if is_number(r.get("lc_win_rate")):
+        lc = f"Length-controlled win rate {fmt(r['lc_win_rate'])} {fmt_ci(r, 'lc_')}" + (f" ({r['lc_note']})" if r.get("lc_note") else "")
+    else:
+        lc = f"No length-controlled win rate: {r.get('lc_note') or 'not measured'}"
+    reward = ""
+    if is_number(r.get("reward_diff")):
+        reward = (f" Mean reward DPO minus {r['baseline']}, paired per prompt: {fmt(r['reward_diff'])}, "
+                  f"95% CI {fmt_ci(r, 'reward_diff_')}.")
     return (
         f"- **{where}, DPO vs {r['baseline']} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
-        f"95% CI {fmt_ci(r)} over {r['n_valid']} prompts: {verdict(r)}.** Length-controlled win rate "
-        f"{fmt(r.get('lc_win_rate'))} {fmt_ci(r, 'lc_')}{lengths}."
+        f"95% CI {fmt_ci(r)} over {r['n_valid']} prompts{per}: {verdict(r)}.**{reward} {lc}{lengths}."
     )
 
 

@@ -203,7 +203,10 @@ class EvaluationConfig(Strict):
     # sequence-level KL(policy || SFT) of T=1 samples (the only temperature at which it is a KL of the
     # policy) and the reward/KL frontier; needs a reward judge and generation.top_p 1
     compute_kl: bool = False
-    bootstrap_samples: int = Field(2000, ge=100)  # resamples of the prompts for every 95% CI
+    bootstrap_samples: int = Field(2000, ge=100)  # resamples of the prompts for the bootstrap CIs (reward, KL)
+    # completions per prompt from each policy (one at T=0: greedy); sample j of DPO is judged against
+    # sample j of the baseline, a prompt's score is the mean of its k, every interval is over prompts
+    samples_per_prompt: int = Field(1, ge=1)
     generation: SamplingConfig = SamplingConfig()
     judge: JudgeConfig = JudgeConfig()
 

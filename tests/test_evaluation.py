@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alignpipe.evaluation import ExtraPolicy, evaluate_policy
+from alignpipe.evaluation import REWARD_JUDGE_LC_NOTE, ExtraPolicy, evaluate_policy
 from alignpipe.generate import generate
 from alignpipe.judge import make_judge
 from alignpipe.kl import sampled_sequence_kl
@@ -118,7 +118,8 @@ def test_win_rate_rows_carry_cis_length_control_and_lengths(tiny_model, tiny_mod
     assert [(r["temperature"], r["baseline"], r["headline"]) for r in tables.win_rates] == [(0.0, "sft", False), (1.0, "sft", True)]
     for r in tables.win_rates:
         assert r["n_valid"] == len(PROMPTS) and r["ci_low"] <= r["win_rate"] <= r["ci_high"]
-        assert 0 <= r["lc_ci_low"] <= r["lc_win_rate"] <= r["lc_ci_high"] <= 1
+        assert r["lc_win_rate"] is None and r["lc_note"] == REWARD_JUDGE_LC_NOTE  # length is part of a reward's effect
+        assert r["reward_diff_ci_low"] <= r["reward_diff"] <= r["reward_diff_ci_high"]
         samples = [s for s in tables.samples if s["temperature"] == r["temperature"]]
         tokens = lambda text: len(smol_tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
         assert r["mean_length_policy"] == pytest.approx(sum(tokens(s["policy"]) for s in samples) / len(samples))

@@ -33,6 +33,8 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
 
     report = Path(first["report"])
     assert report.exists() and "win rate" in report.read_text().lower()
+    # the demo's reward judge: the Wilson interval named, no LC (and why), the paired reward difference
+    assert all(s in report.read_text() for s in ("95% CI (Wilson)", "none (reward judge: length is part", "paired per prompt"))
     store = Path(first["run_dir"]) / "store"
     dpo_dir = next((store / "dpo").glob("*/manifest.json")).parent
     assert (dpo_dir / "model" / "config.json").exists() and (dpo_dir / "history.jsonl").exists()

@@ -176,6 +176,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         chat_template=config.chat_template,
         compute_kl=protocol.compute_kl,
         bootstrap_samples=protocol.bootstrap_samples,
+        samples_per_prompt=protocol.samples_per_prompt,
         best_of_n=config.evaluate.best_of_n if is_evaluate else 0,
         labeller=labeller(config.pairs, config.data.task, cache) if is_evaluate and "best_of_n" in protocol.baselines else None,
         policy_step=final_dpo_step(ctx.inputs["dpo"]),
