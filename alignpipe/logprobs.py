@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from alignpipe.attention import attention_implementation, model_attention_mask  # noqa: F401 (re-exported)
+from alignpipe.attention import attention_implementation, forward_context, model_attention_mask  # noqa: F401 (re-exported)
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
 KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's softmax instead of recomputing
@@ -223,7 +223,8 @@ def gathered_hidden(model: nn.Module, batch) -> tuple[torch.Tensor, nn.Module]:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": mask, "use_cache": False}
     if batch.position_ids is not None:
         kwargs["position_ids"] = batch.position_ids
-    hidden = _backbone_output(model, backbone, kwargs)
+    with forward_context(model):  # FlexAttention on CPU: uncompiled, for any batch shape
+        hidden = _backbone_output(model, backbone, kwargs)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.gather_index)
     scale = head_scale(model)  # the model's own logit scaling, so that picked @ head.weight.T are its logits
     return (picked * scale if scale != 1.0 else picked), head

@@ -89,6 +89,26 @@ def test_flex_forward_equals_separate_forwards(tiny_model_dir, smol_tokenizer):
     assert torch.allclose(got, naive, atol=1e-4)
 
 
+def test_flex_scores_several_batch_shapes_on_cpu(tiny_model_dir, smol_tokenizer):
+    """The reference pass over real data meets many batch shapes. Compiled flex recompiles for the
+    second shape with dynamic shapes, which fails on CPU in torch 2.13 (InductorError); scoring runs
+    it uncompiled there (alignpipe.attention.forward_context): same values as sdpa for every shape."""
+    from alignpipe.train.precision import reference_pair_logps
+
+    flex = load_causal_lm(tiny_model_dir, attention="flex_attention").eval()
+    sdpa = load_causal_lm(tiny_model_dir).eval()
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS * 2, max_length=64, max_prompt_length=32)
+    pad = smol_tokenizer.pad_token_id
+    shapes = set()
+    for batch_size, packing in [(1, False), (2, True), (3, False), (4, True)]:
+        shapes |= {tuple(collate_pairs(pairs[i : i + batch_size], pad, prefix_sharing=True, packing="one_row" if packing else "off").input_ids.shape)
+                   for i in range(0, len(pairs), batch_size)}  # fmt: skip
+        got = reference_pair_logps(flex, pairs, pad, batch_size=batch_size, prefix_sharing="on", packing=packing)
+        want = reference_pair_logps(sdpa, pairs, pad, batch_size=batch_size, prefix_sharing="on", packing=packing)
+        assert all(torch.allclose(g, w, atol=1e-4) for g, w in zip(got, want))
+    assert len(shapes) >= 5
+
+
 def test_flex_cannot_train_on_cpu_and_says_so(tiny_model_dir):
     """torch 2.13 has no FlexAttention backward on CPU: training with it fails before step 1, in one line."""
     assert flex_trains_on("cpu") is False

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from alignpipe.attention import LAYOUT_ATTENTION, attention_implementation, attention_path, packing_for, takes_layout_mask
+from alignpipe.attention import LAYOUT_ATTENTION, attention_implementation, attention_path, layout_refusal, packing_for, takes_layout_mask
 from alignpipe.batching import LogpBatch, Packing, collate_pairs, length_sorted_batches
 from alignpipe.logprobs import SequenceScorer
 from alignpipe.tokenization import TokenizedPair, tokenize_pairs
@@ -48,6 +48,8 @@ class PairLayout:
 def pair_layout(model, prefix_sharing: PrefixSharing, packing: bool = False) -> PairLayout:
     """The layout for this model; 'auto' here means 'on' when the attention takes the mask (see
     resolve_prefix_sharing for the check on real pairs)."""
+    if prefix_sharing == "on" and attention_implementation(model) in LAYOUT_ATTENTION and not takes_layout_mask(model):
+        raise ValueError(f"dpo.prefix_sharing: 'on' is wrong for this model: {layout_refusal(model)} (use 'auto' or 'off')")
     if prefix_sharing == "on" and not takes_layout_mask(model):
         raise ValueError(
             f"dpo.prefix_sharing: 'on' needs attention {', '.join(LAYOUT_ATTENTION)}; this model uses "
@@ -81,7 +83,7 @@ def resolve_prefix_sharing(
     if mode != "auto":
         return mode
     if not takes_layout_mask(model):
-        say(f"prefix sharing off: attention '{attention_implementation(model)}' cannot take its mask (needs {', '.join(LAYOUT_ATTENTION)})")
+        say(f"prefix sharing off: {layout_refusal(model)}")
         return "off"
     if not prefix_sharing_agrees(model, pairs[:2], pad_id):
         say("prefix sharing off: shared-prefix log-probs disagree with separate forwards for this model")
