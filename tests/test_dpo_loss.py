@@ -29,7 +29,8 @@ def _sig(x):
     ],
 )
 def test_loss_values_by_hand(loss_type, beta, eps, expected):
-    losses, rc, rr = preference_loss(*_t(PC, PR, RC, RR), beta=beta, loss_type=loss_type, label_smoothing=eps)
+    one = torch.ones(1, dtype=torch.float64)  # one token each: IPO's per-token average is the sum
+    losses, rc, rr = preference_loss(*_t(PC, PR, RC, RR), beta=beta, loss_type=loss_type, label_smoothing=eps, chosen_tokens=one, rejected_tokens=one)
     assert losses.item() == pytest.approx(expected, rel=1e-9)
     assert rc.item() == pytest.approx(beta * (PC - RC)) and rr.item() == pytest.approx(beta * (PR - RR))
     assert not rc.requires_grad and not rr.requires_grad
@@ -57,6 +58,8 @@ def test_bad_options_raise():
         preference_loss(*_t(PC, PR, RC, RR), loss_type="kto")
     with pytest.raises(ValueError, match="label_smoothing"):
         preference_loss(*_t(PC, PR, RC, RR), loss_type="ipo", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="^loss_type 'ipo' averages log-probs per token: pass chosen_tokens and rejected_tokens$"):
+        preference_loss(*_t(PC, PR, RC, RR), loss_type="ipo")
 
 
 def test_batched_shapes():
@@ -64,3 +67,27 @@ def test_batched_shapes():
     args = [torch.randn(n) for _ in range(4)]
     losses, rc, rr = preference_loss(*args)
     assert losses.shape == rc.shape == rr.shape == (n,)
+
+
+def test_ipo_averages_per_token_as_trl():
+    """IPO's h is built from per-token average log-probs: ((pc-rc)/nc - (pr-rr)/nr - 1/(2 beta))^2."""
+    beta, nc, nr = 0.1, torch.tensor([4.0], dtype=torch.float64), torch.tensor([7.0], dtype=torch.float64)
+    losses, rc, rr = preference_loss(*_t(PC, PR, RC, RR), beta=beta, loss_type="ipo", chosen_tokens=nc, rejected_tokens=nr)
+    h = (PC - RC) / 4 - (PR - RR) / 7
+    assert losses.item() == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-12)
+    assert rc.item() == pytest.approx(beta * (PC - RC) / 4) and rr.item() == pytest.approx(beta * (PR - RR) / 7)
+
+
+@pytest.mark.parametrize("tokens", [4, 20])
+def test_ipo_moves_the_chosen_log_prob_the_same_way_whatever_the_length(tokens):
+    """The issue's example: the same per-token margin (0.5 nats, below IPO's target 1/(2 beta) = 5) on
+    a 4-token and a 20-token pair. On summed log-probs h was 2 (pushed up: the chosen log-prob rises)
+    for the short pair and 10 (pushed down: it falls) for the long one; per token, both are pushed up."""
+    beta, margin = 0.1, 0.5
+    n = torch.tensor([float(tokens)], dtype=torch.float64)
+    ref_c, ref_r = -2.0 * tokens, -2.0 * tokens
+    pc, pr, rc, rr = _t(ref_c + margin * tokens / 2, ref_r - margin * tokens / 2, ref_c, ref_r)  # per-token margin 0.5
+    losses, _, _ = preference_loss(pc, pr, rc, rr, beta=beta, loss_type="ipo", chosen_tokens=n, rejected_tokens=n)
+    losses.sum().backward()
+    assert pc.grad.item() < 0 and pr.grad.item() > 0  # gradient descent raises the chosen, lowers the rejected log-prob
+    assert pc.grad.item() * tokens == pytest.approx(2 * (margin - 1 / (2 * beta)), rel=1e-12)  # the same per-token pull

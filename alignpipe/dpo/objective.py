@@ -42,6 +42,12 @@ class PreferenceBatch:
         return self.logp.padded_tokens
 
 
+def _accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """1 where the chosen reward is higher, 0 where lower, 1/2 for a tie (as at step 0, where both are
+    exactly 0: the policy prefers neither, so accuracy starts at 0.5, not 0)."""
+    return (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
+
+
 class DPOObjective:
     def __init__(self, cfg: DPOConfig, collate_pairs: Callable[[Sequence[TokenizedPair]], LogpBatch]):
         self.cfg = cfg
@@ -70,6 +76,7 @@ class DPOObjective:
         logps = scorer(batch.logp)
         chosen, rejected = logps[:n], logps[n:]
         ref_chosen, ref_rejected = self._reference(scorer, batch, n)
+        tokens = batch.logp.segment_token_counts().clamp(min=1).to(logps.dtype)
         losses, r_chosen, r_rejected = preference_loss(
             chosen,
             rejected,
@@ -78,16 +85,17 @@ class DPOObjective:
             beta=self.cfg.beta,
             loss_type=self.cfg.loss_type,
             label_smoothing=self.cfg.label_smoothing,
+            chosen_tokens=tokens[:n],
+            rejected_tokens=tokens[n:],
         )
         loss = losses.sum()
         if self.cfg.sft_weight:
-            chosen_tokens = batch.logp.segment_token_counts()[:n].clamp(min=1)
-            loss = loss + self.cfg.sft_weight * (-chosen / chosen_tokens).sum()
+            loss = loss + self.cfg.sft_weight * (-chosen / tokens[:n]).sum()
         return loss, {
             "rewards/chosen": r_chosen.sum().item(),
             "rewards/rejected": r_rejected.sum().item(),
             "rewards/margins": (r_chosen - r_rejected).sum().item(),
-            "rewards/accuracies": (r_chosen > r_rejected).float().sum().item(),
+            "rewards/accuracies": _accuracy(r_chosen, r_rejected).sum().item(),
             "logps/chosen": chosen.detach().sum().item(),
             "logps/rejected": rejected.detach().sum().item(),
         }
