@@ -120,6 +120,8 @@ def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfi
             metrics += f"  (+{len(items) - SUMMARY_METRICS} in MLflow)"
         table.add_row(stage["name"], "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", metrics)
     console.print(table)
+    if summary.get("seconds") is not None:  # measured now; the report's times are the outputs' stored compute times
+        console.print(f"wall time: {summary['seconds']:.1f} s (this run, measured; MLflow: pipeline_seconds)", highlight=False)
     for stage in summary["stages"]:
         results = _results_table(stage["name"], stage["metrics"])
         if results is not None:

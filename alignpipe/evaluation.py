@@ -26,8 +26,9 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from alignpipe.bootstrap import mean_ci, stderr, t_interval, win_rate_ci
-from alignpipe.generate import GenerationResult, generate
+from alignpipe.generate import GenerationResult, generate, stream_seed
 from alignpipe.judge import Comparison
+from alignpipe.judge.usage import USAGE_KEYS, Usage, add_usage, result_usage, total_usage
 from alignpipe.kl import sampled_sequence_kl
 from alignpipe.length_control import LengthControlled, length_controlled
 from pipeline_config.schema import SamplingConfig
@@ -57,13 +58,20 @@ class EvalTables:
     verdicts: list[dict] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # where the prompts came from, overlaps removed
     judge_agreement: Optional[dict] = None  # alignpipe.judge.agreement row
-    # cost_usd turns None (unknown) once any judging call has no known price; metrics() then leaves it out
-    usage: dict[str, Optional[float]] = field(default_factory=lambda: {"cost_usd": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "n_cached": 0.0})
+    # what judging spent (alignpipe.judge.usage), in total and per purpose (win_rate, human_agreement,
+    # best_of_n, ...); cost_usd turns None (unknown) once any judgment has no known price, and
+    # metrics() then leaves it out
+    usage: Usage = field(default_factory=lambda: {k: 0.0 for k in USAGE_KEYS})
+    usage_by_purpose: dict[str, Usage] = field(default_factory=dict)
 
-    def add_usage(self, result) -> None:
-        for k, so_far in self.usage.items():
-            value = getattr(result, k)
-            self.usage[k] = None if so_far is None or value is None else so_far + float(value)
+    def add_usage(self, result, purpose: str = "win_rate") -> None:
+        add_usage(self.usage_by_purpose.setdefault(purpose, {k: 0.0 for k in USAGE_KEYS}), result_usage(result))
+        self.usage = total_usage(self.usage_by_purpose)
+
+    def set_usage(self, by_purpose: dict[str, Usage]) -> None:
+        """Every judgment of the stage (its judges' ledgers, Judge.usage), replacing what add_usage summed."""
+        self.usage_by_purpose = {k: dict(v) for k, v in by_purpose.items()}
+        self.usage = total_usage(self.usage_by_purpose)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Headline win rates first (they head the CLI summary), then every row, rewards, KL, data, judge."""
@@ -92,6 +100,8 @@ class EvalTables:
             out[f"{prefix}judge/human_agreement"] = self.judge_agreement["agreement"]
             out[f"{prefix}judge/human_agreement_n"] = float(self.judge_agreement["n"])
         out.update({f"{prefix}judge/{k}": v for k, v in self.usage.items() if v is not None})  # unknown cost: absent, not 0
+        for purpose, usage in self.usage_by_purpose.items():
+            out.update({f"{prefix}judge/{purpose}/{k}": v for k, v in usage.items() if v is not None})
         return out
 
 
@@ -180,10 +190,16 @@ def evaluate_policy(
     labeller: Optional[Labeller] = None,
     policy_step: Optional[int] = None,
     extra_policies: Sequence[ExtraPolicy] = (),
+    best_of_n_oracle: bool = False,
+    precision: Optional[str] = None,
     samples_per_prompt: int = 1,
 ) -> EvalTables:
     """Sample, judge and tabulate. `judged_text(prompt, completion)` is what the judge and reward see.
-    best_of_n / labeller: the 'best_of_n' baseline's N and its picker. extra_policies: more frontier points.
+    best_of_n / labeller: the 'best_of_n' baseline's N and its picker; best_of_n_oracle: the picker is
+    the evaluation's own reward (an oracle baseline), whose T=1 picks go on the frontier at the
+    analytic KL bound of best-of-N, log N - (N-1)/N. extra_policies: more frontier points.
+    precision: model.dtype, the autocast sampling runs under (KL is scored in fp32 regardless).
+    Each sampled model draws from its own seed stream (stream_seed(seed, what)), deterministic in `seed`.
     samples_per_prompt (k): each policy samples k completions per prompt (one at T=0, where they would
     be the same greedy sample); sample j of DPO is judged against sample j of the baseline (k
     comparisons, not k x k: as informative per judge call and k times cheaper for a paid judge), a
@@ -210,7 +226,8 @@ def evaluate_policy(
     def gen(model, t: float, what: str, inputs: Sequence[str] = texts) -> GenerationResult:
         return generate(
             model, tokenizer, list(inputs), max_new_tokens=generation.max_new_tokens, temperature=t, top_p=generation.top_p,
-            batch_size=generation.batch_size, seed=seed, chat_template=chat_template, desc=f"{what} @ T={t:g}",
+            batch_size=generation.batch_size, seed=stream_seed(seed, what), chat_template=chat_template,
+            desc=f"{what} @ T={t:g}", precision=precision,
         )  # fmt: skip
 
     def reward_of(samples: Sequence[str]) -> tuple[list[float], float, Optional[float], Optional[tuple[float, float]]]:
@@ -230,9 +247,10 @@ def evaluate_policy(
         return {"label": label, "policy": policy_name, "dpo_step": step, "temperature": KL_TEMPERATURE,
                 "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci),
                 "kl": sum(kls) / len(kls), **_ci_fields("kl_", kl_ci), "n": len(texts),
-                "truncated": sum(not f for f in samples.finished)}  # fmt: skip
+                "truncated": sum(not f for f in samples.finished), "max_new_tokens": generation.max_new_tokens}  # fmt: skip
 
     at_t1: dict[str, GenerationResult] = {}
+    bon_at_t1: Optional[list[str]] = None
     for t in temperatures:
         k = k_at(t)
         shown, shown_prompts = _repeat(texts, k), _repeat(prompts, k)  # sample j of prompt i at i*k + j
@@ -242,6 +260,8 @@ def evaluate_policy(
         if t == KL_TEMPERATURE:
             at_t1 = {"dpo": pol_gen, **({"sft": ref_gen} if ref_gen else {})}
         bon, candidates = _best_of_n(gen, sft, shown, t, best_of_n, labeller) if "best_of_n" in baselines else (None, None)
+        if t == KL_TEMPERATURE and bon is not None:
+            bon_at_t1 = bon
         for i, p in enumerate(shown_prompts):
             tables.samples.append({
                 "temperature": t, "index": i // k, "sample": i % k, "prompt": p["prompt"], "policy": pol[i], "sft": ref[i] if ref else None,
@@ -258,13 +278,13 @@ def evaluate_policy(
                 Comparison(prompt=p["prompt"], policy=judged_text(p["prompt"], a), baseline=judged_text(p["prompt"], o))
                 for p, a, o in zip(shown_prompts, pol, other)
             ]
-            res = judge.judge(items, desc=f"judging vs {b} @ T={t:g}")
+            res = judge.judge(items, desc=f"judging vs {b} @ T={t:g}", purpose="win_rate")
             tables.win_rates.append(win_rate_row(
                 res, temperature=t, baseline=b, policy_lengths=pol_lengths, baseline_lengths=[n_tokens(o) for o in other],
                 headline=t == headline_temperature, samples_per_prompt=k, reward_judge=reward_judge,
                 reward_diffs=[a - o for a, o in zip(rewards["dpo"][0], (rewards[b] if b in rewards else reward_of(other))[0])] if reward_judge else None,
             ))  # fmt: skip
-            tables.add_usage(res)
+            tables.add_usage(res, "win_rate")
             for i, verdicts in enumerate(res.by_item()):
                 for v in verdicts:
                     tables.verdicts.append({"temperature": t, "baseline": b, "index": i // k, "sample": i % k, "policy_wins": v.policy_wins, "order": v.order, "cached": v.cached, "raw": v.raw})
@@ -281,12 +301,29 @@ def evaluate_policy(
             tables.frontier.append(frontier_point(extra.label, "dpo", extra.dpo_step, model,
                                                   gen(model, KL_TEMPERATURE, extra.label, _repeat(texts, k_at(KL_TEMPERATURE)))))
             del model
+        if best_of_n_oracle and bon_at_t1 is not None:
+            tables.frontier.append(best_of_n_point(best_of_n, reward_of(bon_at_t1), len(texts)))
         tables.frontier.sort(key=lambda r: (r["policy"] != "sft", r["dpo_step"] is None, r["dpo_step"] or 0))
         kl_of = {r["label"]: r["kl"] for r in tables.frontier}
         for row in tables.reward_kl:  # only the T=1 rows get a KL
             if row["temperature"] == KL_TEMPERATURE and row["policy"] in kl_of:
                 row["kl"] = kl_of[row["policy"]]
     return tables
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """The analytic KL(best-of-N || base) of N samples, log N - (N-1)/N nats (Stiennon et al. 2020), an
+    upper bound on the actual KL (Beirami et al. 2024, "Theoretical guarantees on the best-of-n alignment policy")."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_point(n: int, reward, n_prompts: int) -> dict:
+    """The oracle best-of-N baseline on the frontier: its picks' mean reward at the KL bound (not measured)."""
+    _, mean, se, ci = reward
+    return {"label": f"best-of-{n}", "policy": "best_of_n", "dpo_step": None, "temperature": KL_TEMPERATURE,
+            "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci), "kl": best_of_n_kl_bound(n),
+            "kl_ci_low": None, "kl_ci_high": None, "kl_is_bound": True, "oracle": True, "n": n_prompts,
+            "series": f"best-of-{n} (oracle; KL: analytic bound)"}  # fmt: skip
 
 
 def _repeat(xs: Sequence, k: int) -> list:

@@ -155,6 +155,8 @@ class RunInfo:
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # e.g. beta, lr, loss_type, batch_size
     stages: list[StageRecord] = field(default_factory=list)
     judge: Optional[str] = None  # e.g. "openai:gpt-4o", "reward:vader"
+    # the sum of the stage outputs' stored compute times: not this run's wall time (a cached run
+    # takes seconds; the CLI summary and MLflow's pipeline_seconds measure the run itself)
     total_seconds: Optional[float] = None
 
 
@@ -330,6 +332,11 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if r.get("headline")]
 
 
+def baseline_label(row: Mapping[str, Any]) -> str:
+    """A baseline's name as tables show it: best-of-N picked by the evaluation's own reward is an oracle."""
+    return row["baseline"] + (" (oracle)" if row.get("oracle") else "")
+
+
 def lc_cell(row: Mapping[str, Any]) -> str:
     """The LC win rate, or why there is none (alignpipe.length_control's rule)."""
     if is_number(row.get("lc_win_rate")):
@@ -345,7 +352,7 @@ def _win_rate_table(rows: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str
               "order disagreement", "first shown wins", "valid", "invalid", "verdict"] + [name for name, _ in extra]
     body = []
     for r in sorted(rows, key=lambda r: (r["baseline"], r["temperature"])):
-        line = [r["baseline"] + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
+        line = [baseline_label(r) + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
                 fmt_ci(r), lc_cell(r), fmt_ci(r, "lc_"), fmt(r.get("mean_length_policy"), 1),
                 fmt(r.get("mean_length_baseline"), 1), fmt(r.get("order_disagreement")), fmt(r.get("first_wins_share")),
                 r["n_valid"], r["n_invalid"], verdict(r)]  # fmt: skip
@@ -362,8 +369,10 @@ def _agreement_line(row: Optional[Mapping[str, Any]]) -> list[str]:
     return [
         f"**The judge against humans:** on {row['n']} human-labelled pairs ({row['source']}) the judge preferred the "
         f"human's choice {fmt(row['agreement'])} of the time, 95% CI {fmt_ci(row)} ({row.get('n_invalid', 0)} invalid{order}). "
-        "Win rates from this judge mean as much as this agreement: near 0.5, the judge is a coin flip on this task "
-        "(the paper found GPT-4 agreeing with humans about as often as humans agree with each other).",
+        "This is measured on the dataset's human-labelled pairs, not on the DPO-vs-baseline pairs above: it says how "
+        "often the judge sides with humans on this task's data (near 0.5: a coin flip there), not how often it is "
+        "right about these policies' samples (the paper found GPT-4 agreeing with humans about as often as humans "
+        "agree with each other).",
         "",
     ]
 
@@ -433,7 +442,10 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
         "KL(policy || SFT) of its own samples, scored on the sampled token ids. Only T=1 samples come from the "
         "policy itself, so no other temperature has a KL. Further left is closer to the SFT model, higher is more "
         "reward; at equal KL the higher policy is the better trade-off (the paper's Figure 2). Bars are 95% "
-        "bootstrap CIs over prompts.",
+        "bootstrap CIs over prompts. The KL is that of sequences capped at the evaluation's max_new_tokens: a "
+        "sample cut at the cap is scored up to the cap only (the cap and the share cut there are in the table). "
+        "A best-of-N point picked by the evaluation's own reward is an oracle baseline, placed at its analytic "
+        "KL bound log N - (N-1)/N, not at a measured KL.",
     )
     if not frontier and not rewards:
         section.omitted = "no reward rows (the evaluation did not use a reward judge)."
@@ -441,11 +453,20 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
     if frontier:
         section.figures.append(plots.reward_kl_frontier(frontier, out_dir / FIGURES["frontier"]))
         section.body += table(
-            ["policy", "DPO step", "mean reward", "95% CI", "KL (nats/seq)", "KL 95% CI", "prompts"],
-            ([r["label"], fmt(r.get("dpo_step")), fmt(r["mean_reward"]), fmt_ci(r, "reward_"), fmt(r["kl"]), fmt_ci(r, "kl_"), r["n"]]
+            ["policy", "DPO step", "mean reward", "95% CI", "KL (nats/seq)", "KL 95% CI", "max_new_tokens", "cut at the cap", "prompts"],
+            ([frontier_label(r), fmt(r.get("dpo_step")), fmt(r["mean_reward"]), fmt_ci(r, "reward_"),
+              fmt(r["kl"]) + (" (analytic bound)" if r.get("kl_is_bound") else ""), fmt_ci(r, "kl_"), fmt(r.get("max_new_tokens")),
+              truncated_share(r), r["n"]]
              for r in frontier),
         )  # fmt: skip
         section.body += [""]
+        oracle = [r for r in frontier if r.get("oracle")]
+        if oracle:
+            section.body += [
+                f"{', '.join(frontier_label(r) for r in oracle)}: the best of N SFT samples as picked by the evaluation's "
+                "own reward, an *oracle* baseline (it optimizes the very score it is measured by), not a trained policy; "
+                "its KL is the analytic bound log N - (N-1)/N, not measured.", "",
+            ]
     else:
         section.body += ["KL was not measured (set `evaluate.compute_kl: true`), so there is no frontier; the mean rewards are below.", ""]
     if rewards:
@@ -456,6 +477,17 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
              for r in sorted(rewards, key=lambda r: (r["policy"], r["temperature"]))),
         )  # fmt: skip
     return section
+
+
+def frontier_label(row: Mapping[str, Any]) -> str:
+    return row["label"] + (" (oracle)" if row.get("oracle") else "")
+
+
+def truncated_share(row: Mapping[str, Any]) -> str:
+    """How many of a frontier policy's T=1 samples were cut at max_new_tokens (their KL is capped there)."""
+    if not is_number(row.get("truncated")) or not row.get("n"):
+        return "n/a"
+    return f"{int(row['truncated'])}/{row['n']} ({fmt(row['truncated'] / row['n'], 2)})"
 
 
 def paper_comparable(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -558,12 +590,14 @@ def run_section(run: RunInfo) -> Section:
     section = Section(
         "Run",
         "what produced these numbers. Each stage output is identified by its cache key; the time is what "
-        "computing it took when it was built (a later run with the same key reuses it for free).",
+        "computing it took when it was built (a later run with the same key reuses it for free). Their sum is "
+        "not the wall time of any one run: this report is cached with the outputs it describes, so the run that "
+        "printed it measures its own wall time (the CLI summary, MLflow's `pipeline_seconds`).",
     )
     section.body += table(
         ["", ""],
         [["preset", run.preset], ["model", f"`{run.model}`"], ["judge", run.judge or "n/a"],
-         ["total wall time", fmt_seconds(run.total_seconds)]],
+         ["sum of stage compute times (stored)", fmt_seconds(run.total_seconds)]],
     )
     if run.hyperparameters:
         section.body += ["", "Hyperparameters:", ""]
@@ -593,7 +627,7 @@ def _headline_line(r: Mapping[str, Any], where: str) -> str:
         reward = (f" Mean reward DPO minus {r['baseline']}, paired per prompt: {fmt(r['reward_diff'])}, "
                   f"95% CI {fmt_ci(r, 'reward_diff_')}.")
     return (
-        f"- **{where}, DPO vs {r['baseline']} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
+        f"- **{where}, DPO vs {baseline_label(r)} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
         f"95% CI {fmt_ci(r)} over {r['n_valid']} prompts{per}: {verdict(r)}.**{reward} {lc}{lengths}."
     )
 
@@ -606,7 +640,7 @@ def headline(inputs: ReportInputs) -> list[str]:
     agreement = inputs.judge_agreement
     if agreement and is_number(agreement.get("agreement")):
         lines.append(f"- The judge agreed with human labels {fmt(agreement['agreement'])} of the time, 95% CI {fmt_ci(agreement)}, "
-                     f"on {agreement['n']} pairs ({agreement['source']}).")
+                     f"on {agreement['n']} pairs ({agreement['source']}: human-labelled dataset pairs, not the evaluated samples).")
     if inputs.data:
         lines.append(f"- Evaluation prompts: {inputs.data.get('eval_source', 'n/a')}; {inputs.data.get('overlap_removed', 0)} of "
                      f"{inputs.data.get('candidate_prompts', 'n/a')} candidates also occur among the training prompts and were removed.")

@@ -58,8 +58,12 @@ def test_real_pipeline_caches_by_stage(tmp_path, tiny_model_dir, ephemeral_prefe
         scores = vader.score([s["prompt"] + c for c in s["best_of_n_candidates"]])
         assert len(scores) == 3 and s["best_of_n"] == s["best_of_n_candidates"][scores.index(max(scores))]
     frontier = json.loads((evaluate_dir / "frontier.json").read_text())
+    # best-of-3 picked by VADER, the evaluation's own reward: an oracle, at its analytic KL bound
     assert [(r["label"], r["dpo_step"], r["temperature"]) for r in frontier] == [
-        ("sft", 0, 1.0), *[(f"dpo@step{k}", k, 1.0) for k in kept], ("dpo", n_steps, 1.0)]
+        ("sft", 0, 1.0), *[(f"dpo@step{k}", k, 1.0) for k in kept], ("dpo", n_steps, 1.0), ("best-of-3", None, 1.0)]
+    assert frontier[-1]["oracle"] and frontier[-1]["kl"] == pytest.approx(math.log(3) - 2 / 3)
+    text = report.read_text()
+    assert all(s in text for s in ("best-of-3 (oracle)", "(analytic bound)", "cut at the cap", "sum of stage compute times (stored)"))
 
     second = alignpipe_pipeline(config=params)
     assert second["executed"] == [] and second["reused"] == ALL

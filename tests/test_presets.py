@@ -114,6 +114,12 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_model(preset, baseline, tmp_path
     assert all(s["prompt"].startswith("SUBREDDIT: r/news") and s["prompt"].endswith("TL;DR:") for s in samples)
     report = (outcomes["report"].out_dir / "report.md").read_text()
     assert "The judge against humans:" in report and f"| {overlaps} | {4 - overlaps} |" in report
+    # labels that say what they measure: the stored sum of compute times, agreement on dataset pairs, the OOD file read
+    assert "sum of stage compute times (stored)" in report and "total wall time" not in report
+    assert "not on the DPO-vs-baseline pairs above" in report and "mean as much as this agreement" not in report
+    ood_source = json.loads((outcomes["ood"].out_dir / "data.json").read_text())["eval_source"]
+    assert str(data / "cnn_dailymail.jsonl") in ood_source and ood_source in report
+    assert outcomes["evaluate"].metrics["judge/human_agreement/judgments"] > 0  # every judgment counted, per purpose
     assert "| 95% CI (Wilson) |" in report and all(r["lc_note"] in report for r in rows)  # the interval and the LC rule, named
     if preset == "tldr":  # a summarization policy judged against the highlights: Table 1 applies
         assert [(r["temperature"], r["paper_dpo"], r["paper_ppo"]) for r in ood] == [(0.0, 0.36, 0.26), (0.25, 0.31, 0.23)]

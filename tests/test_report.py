@@ -151,7 +151,7 @@ def test_full_report_writes_plots_and_markdown_with_the_numbers(tmp_path):
     # Held-out data: source and the overlap count, in and out of distribution.
     assert "| in distribution (evaluate) | test split (tldr.test.jsonl) | 259 | 3 | 256 |" in md
     # Frontier: one row per policy at T=1 with CIs; the per-temperature reward table has no KL column.
-    assert "| dpo@step100 | 100 | 0.550 | [0.450, 0.650] | 2.500 | [2.100, 2.900] | 256 |" in md
+    assert "| dpo@step100 | 100 | 0.550 | [0.450, 0.650] | 2.500 | [2.100, 2.900] | n/a | n/a | 256 |" in md  # no cap recorded: n/a
     reward_table = md.split("Mean reward of each policy's samples, per temperature:")[1].split("\n## ")[0]
     assert "KL" not in reward_table and "| dpo | 0.50 | 0.750 | [0.710, 0.790] |" in reward_table
     # The comparable OOD rows sit beside the paper's Table 1.

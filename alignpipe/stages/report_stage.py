@@ -31,17 +31,20 @@ BASELINE_WORDS = {"sft": "the SFT model's", "reference_text": "the reference hig
                   "best_of_n": "the SFT best-of-N"}
 
 
-def ood_description(config: dict) -> str:
-    """What the OOD stage measured, in words, from its config slice: the section says it, so a
+def ood_description(config: dict, source: str | None = None) -> str:
+    """What the OOD stage measured, in words, from its config slice and the articles' source as the
+    stage recorded it (the file, hub split or built-in sample it read): the section says it, so a
     sentiment score of news continuations is never labelled as the paper's summarization test."""
     ood, task = config["ood"], config["data"]["task"]
     judge = judge_name(ood["judge"])
     against = " and ".join(BASELINE_WORDS.get(b, b) for b in ood["baselines"])
     cut = f" (first {ood['article_chars']} characters)" if ood.get("article_chars") else ""
+    read = f", {source}" if source else ""
     if task == "imdb":
         scorer = f"sentiment ({judge})" if ood["judge"]["backend"] == "reward" else f"{judge} with the {ood['judge']['template']} prompt"
-        return f"{scorer} of continuations of CNN/DailyMail test-article openings{cut}, against {against}"
-    return f"summaries of CNN/DailyMail test articles{cut} in the TL;DR format, judged by {judge} ({ood['judge']['template']} prompt) against {against}"
+        return f"{scorer} of continuations of CNN/DailyMail article openings{cut}{read}, against {against}"
+    return (f"summaries of CNN/DailyMail articles{cut}{read}, in the TL;DR format, judged by {judge} "
+            f"({ood['judge']['template']} prompt) against {against}")
 
 
 def run(ctx: StageContext) -> dict[str, float]:
@@ -62,6 +65,8 @@ def run(ctx: StageContext) -> dict[str, float]:
         },  # fmt: skip
         stages=stages,
         judge=judge_name(manifests["evaluate"]["config"]["evaluate"]["judge"]),
+        # the stored compute times of the outputs, summed: the report is cached, so it cannot hold the
+        # wall time of the run that prints it (the CLI summary and MLflow's pipeline_seconds do)
         total_seconds=sum(s["seconds"] or 0.0 for s in stages),
     )
     evaluate, ood = read_eval_tables(ctx.inputs["evaluate"]), read_eval_tables(ctx.inputs["ood"])
@@ -78,7 +83,7 @@ def run(ctx: StageContext) -> dict[str, float]:
         judge_agreement=evaluate["judge_agreement"],
         ood=ood_rows,
         ood_data=ood["data"],
-        ood_description=ood_description(manifests["ood"]["config"]),
+        ood_description=ood_description(manifests["ood"]["config"], ood["data"].get("eval_source")),
     )
     files = write_report(ctx.out_dir, inputs)
     return {"files": float(len(files))}
