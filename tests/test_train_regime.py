@@ -52,8 +52,24 @@ def test_lora_dropout_stays_as_configured(tiny_model_dir):
     model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=4, lora_dropout=0.3, target_modules=["q_proj"]))
     lora = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)]
     assert lora and all(m.p == 0.3 for m in lora)
-    with dropout_disabled(model):
-        assert all(m.p == 0.3 for m in lora)
+    with dropout_disabled(model) as lora_rate:
+        assert all(m.p == 0.3 for m in lora) and lora_rate == 0.3
+
+
+def test_training_says_that_lora_dropout_stays_on(tiny_model_dir, smol_tokenizer):
+    """lora.dropout > 0 is kept (an explicit setting) and the loop says so in one line; 0 says nothing."""
+    from peft import LoraConfig, get_peft_model
+
+    from alignpipe.train.loop import train
+
+    for rate, expected in ((0.3, ["LoRA dropout 0.3 stays on while training (lora.dropout); every other dropout is off"]), (0.0, [])):
+        base = load_causal_lm(tiny_model_dir)
+        items = preference_items(base, smol_tokenizer, n=8)
+        model = get_peft_model(base, LoraConfig(r=4, lora_dropout=rate, target_modules=["q_proj"]))
+        cfg = dpo_config(max_steps=1, batch_size=8, micro_batch_size=8)
+        lines = []
+        train(model, items, objective(model, smol_tokenizer, cfg), cfg, say=lines.append)
+        assert lines == expected
 
 
 def test_step0_dpo_loss_is_log2_with_a_dropout_model(dropout_model_dir, smol_tokenizer):

@@ -1,7 +1,8 @@
 """The on-disk formats stages hand each other, in one place: stages never import each other.
 
     pairs/      pairs.parquet          {prompt, chosen, rejected, ...provenance}   written by pairs
-    reference/  reference.safetensors  token ids of every kept pair + reference log-probs
+    reference/  reference.safetensors  token ids of every kept pair + reference log-probs; metadata
+                                       {"prefix_sharing": "on" | "off"}: the layout they were scored in
     sft/, dpo/  model/                 a from_pretrained directory (see stages.common)
                 history.jsonl          one line per optimizer step
     any         datasets.json          the datasets the stage read: name, content digest, source
@@ -91,6 +92,7 @@ class ReferencePairs:
     chosen_logps: torch.Tensor  # [n] float32
     rejected_logps: torch.Tensor  # [n] float32
     source_index: list[int]  # row of pairs.parquet each pair came from (truncation drops some)
+    prefix_sharing: Optional[str] = None  # "on" | "off": dpo.prefix_sharing as the reference stage decided it
 
 
 def _flat(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,17 +113,20 @@ def write_reference(out_dir: Path, ref: ReferencePairs) -> Path:
     for part in ("prompt", "chosen", "rejected"):
         tensors[f"{part}_ids"], tensors[f"{part}_lengths"] = _flat([getattr(p, part) for p in ref.pairs])
     path = out_dir / REFERENCE_FILE
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata={"prefix_sharing": ref.prefix_sharing} if ref.prefix_sharing else None)
     return path
 
 
 def read_reference(stage_dir: Path) -> ReferencePairs:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     t = load_file(str(stage_dir / REFERENCE_FILE))
+    with safe_open(str(stage_dir / REFERENCE_FILE), "pt") as f:
+        sharing = (f.metadata() or {}).get("prefix_sharing")
     parts = {part: _split(t[f"{part}_ids"], t[f"{part}_lengths"]) for part in ("prompt", "chosen", "rejected")}
     pairs = [TokenizedPair(p, c, r) for p, c, r in zip(parts["prompt"], parts["chosen"], parts["rejected"])]
-    return ReferencePairs(pairs, t["chosen_logps"], t["rejected_logps"], t["source_index"].tolist())
+    return ReferencePairs(pairs, t["chosen_logps"], t["rejected_logps"], t["source_index"].tolist(), sharing)
 
 
 # -- training history and evaluation tables --------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 from alignpipe.attention import check_trainable
 from alignpipe.dpo.objective import DPOObjective, PreferenceItem
-from alignpipe.dpo.scoring import pair_layout, resolve_prefix_sharing
+from alignpipe.dpo.scoring import pair_layout
 from alignpipe.models import use_attention
 from alignpipe.stages.artifacts import REFERENCE_FILE, dataset_record, file_digest, read_reference, write_datasets, write_snapshots
 from alignpipe.stages.base import StageContext, StageSpec
@@ -65,7 +65,9 @@ def run(ctx: StageContext) -> dict[str, float]:
     check_trainable(model)
     ref = read_reference(ctx.inputs["reference"])
     items = [PreferenceItem(p, float(c), float(r)) for p, c, r in zip(ref.pairs, ref.chosen_logps, ref.rejected_logps)]
-    sharing = resolve_prefix_sharing(model, ref.pairs[:2], tok.pad_token_id, dcfg.prefix_sharing, say=say)
+    if ref.prefix_sharing is None:
+        raise ValueError("dpo: the reference output records no prefix_sharing decision (written by an older alignpipe): recompute the reference stage")
+    sharing = ref.prefix_sharing  # decided once by the reference stage, in the regime its log-probs were computed in
     torch.manual_seed(dcfg.seed)  # LoRA's initial weights: reproducible like everything else
     model = apply_lora(model, dcfg.lora)
     if config.snapshot_every and ctx.resume_dir is None:

@@ -12,7 +12,7 @@ from alignpipe.stages.artifacts import ReferencePairs, read_pairs, write_referen
 from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_trainable
 from alignpipe.tokenization import as_chat, tokenize_pairs
-from alignpipe.train.precision import reference_pair_logps
+from alignpipe.train.precision import reference_pair_logps, resolve_reference_prefix_sharing
 from pipeline_config.schema import ReferenceConfig
 from pipeline_config.slices import From, StageConfig
 
@@ -37,17 +37,22 @@ def run(ctx: StageContext) -> dict[str, float]:
     pairs, stats = tokenize_pairs(tok, records, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     if not pairs:
         raise ValueError(f"reference: all {len(records)} pairs were dropped by truncation to dpo.max_length {config.max_length}")
+    # decided once, here, in the training regime; stored with the log-probs for DPO to train in
+    sharing = resolve_reference_prefix_sharing(
+        model, pairs, tok.pad_token_id, config.prefix_sharing, precision=config.dtype, say=lambda line: ctx.say(f"reference: {line}")
+    )
     chosen, rejected = reference_pair_logps(
         model, pairs, tok.pad_token_id, batch_size=config.reference.batch_size, precision=config.dtype,
-        prefix_sharing=config.prefix_sharing, packing=config.packing, desc="reference log-probs",
+        prefix_sharing=sharing, packing=config.packing, desc="reference log-probs",
     )  # fmt: skip
     dropped = set(stats.dropped_indices)
     kept = [i for i in range(len(records)) if i not in dropped]
-    write_reference(ctx.out_dir, ReferencePairs(pairs, chosen, rejected, kept))
+    write_reference(ctx.out_dir, ReferencePairs(pairs, chosen, rejected, kept, sharing))
     metrics = {
         "pairs": float(len(pairs)),
         "chosen_logp_mean": float(chosen.mean()),
         "rejected_logp_mean": float(rejected.mean()),
+        "prefix_sharing": float(sharing == "on"),
         **stats.as_metrics("data"),
     }
     (ctx.out_dir / "stats.json").write_text(json.dumps({**metrics, "dropped_indices": stats.dropped_indices}, indent=2))

@@ -7,7 +7,8 @@ Dropout lives in three places in HF models, all zeroed here for the duration of 
 to sdpa/eager/flash as `dropout=` (Llama's and GPT-NeoX's `attention_dropout`), and config
 values a few models read in forward (GPT-Neo, Persimmon). Configs are restored afterwards, so
 a published model keeps its dropout settings. LoRA's `lora_dropout` is an explicit setting and
-is left as configured.
+is left as configured: the context yields its rate (0.0 when none), and the loop says in one line
+that it stays on. Step 0 is unaffected (LoRA's B starts at zero, so its dropped-out branch adds 0).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def _is_lora(name: str) -> bool:
 
 
 @contextmanager
-def dropout_disabled(model: nn.Module) -> Iterator[None]:
-    """Every dropout of `model` but LoRA's is 0 inside the block, and as before after it."""
+def dropout_disabled(model: nn.Module) -> Iterator[float]:
+    """Every dropout of `model` but LoRA's is 0 inside the block, and as before after it; yields the
+    largest LoRA dropout rate left on (0.0: none)."""
     saved: list[tuple[object, str, float]] = []
 
     def zero(obj: object, attr: str) -> None:
@@ -41,8 +43,10 @@ def dropout_disabled(model: nn.Module) -> Iterator[None]:
             setattr(obj, attr, 0.0)
 
     configs = {}
+    lora_rates = [0.0]
     for name, module in model.named_modules():
         if _is_lora(name):
+            lora_rates += [module.p] if isinstance(module, _DropoutNd) else []
             continue
         if isinstance(module, _DropoutNd):
             zero(module, "p")
@@ -60,7 +64,7 @@ def dropout_disabled(model: nn.Module) -> Iterator[None]:
         found = sorted({f"{type(obj).__name__}.{attr}={value:g}" for obj, attr, value in saved})
         log.info("training with dropout off, as the DPO paper's trainers (was %s)", ", ".join(found))
     try:
-        yield
+        yield max(lora_rates)
     finally:
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)

@@ -10,7 +10,8 @@ tokens for SFT). Every process knows the whole global batch, so each scales by w
 backward; DDP's (or FSDP's) gradient averaging then yields exactly the mean over the global batch,
 whatever the split into processes and micro-batches.
 
-As in the DPO paper's trainers, dropout is off while training (alignpipe.train.dropout), and the
+As in the DPO paper's trainers, dropout is off while training (alignpipe.train.dropout; LoRA's own
+dropout, an explicit setting, stays on, and the loop says so), and the
 forward runs in the regime the reference log-probs were computed in (alignpipe.train.precision),
 so at step 0 the policy equals the reference. Backward runs outside autocast.
 """
@@ -151,7 +152,9 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=rank != 0, unit="step")
-    with dropout_disabled(lm):
+    with dropout_disabled(lm) as lora_dropout:
+        if lora_dropout and rank == 0:
+            say(f"LoRA dropout {lora_dropout:g} stays on while training (lora.dropout); every other dropout is off")
         for step in range(start_step, total_steps):
             epoch, k = divmod(step, steps_per_epoch)
             global_batch = epoch_order(len(items), cfg.seed, epoch)[k * cfg.batch_size : (k + 1) * cfg.batch_size]

@@ -47,6 +47,17 @@ def check_launch_precision(device: torch.device | str, setting: str = "auto") ->
         )
 
 
+def resolve_reference_prefix_sharing(model, pairs: Sequence, pad_id: int, mode: str, *, precision: str = "auto", say=None) -> str:
+    """dpo.prefix_sharing decided once, by the reference stage, under the training autocast: 'auto'
+    becomes 'on' or 'off' (alignpipe.dpo.scoring.resolve_prefix_sharing). The reference stage stores
+    the decision with the log-probs, and DPO trains in the layout they were computed in."""
+    from alignpipe.dpo.scoring import resolve_prefix_sharing
+
+    kwargs = {} if say is None else {"say": say}
+    with torch.no_grad(), autocast(next(model.parameters()).device, precision):
+        return resolve_prefix_sharing(model, pairs, pad_id, mode, **kwargs)
+
+
 def reference_pair_logps(
     model, pairs: Sequence, pad_id: int, *, batch_size: int, precision: str = "auto", prefix_sharing: str = "auto",
     packing: bool = False, desc: str | None = None,
