@@ -120,6 +120,8 @@ def render_summary(summary: dict[str, Any], tracking_cfg: Optional[PipelineConfi
             metrics += f"  (+{len(items) - SUMMARY_METRICS} in MLflow)"
         table.add_row(stage["name"], "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", metrics)
     console.print(table)
+    if summary.get("orchestration"):
+        console.print(summary["orchestration"], highlight=False, soft_wrap=True)
     if summary.get("seconds") is not None:  # measured now; the report's times are the outputs' stored compute times
         console.print(f"wall time: {summary['seconds']:.1f} s (this run, measured; MLflow: pipeline_seconds)", highlight=False)
     for stage in summary["stages"]:
@@ -150,16 +152,17 @@ def run(
     set_: list[str] = SetOpt,
     rerun: list[str] = typer.Option([], "--rerun", metavar="STAGE", help="Recompute this stage and everything downstream (repeatable)."),
 ) -> None:
-    """Run the whole pipeline as a Prefect flow, reusing every stage whose inputs did not change."""
+    """Run the whole pipeline as a Prefect flow, reusing every stage whose inputs did not change (with
+    nothing to compute and no Prefect server configured, no temporary server is started: flows/run.py)."""
     from alignpipe.pipeline import StageFailed
     from alignpipe.plan import PipelineError
 
     cfg = _config(preset, config, set_)
     plan = _plan(cfg, None, rerun)  # fails before the Prefect server starts
-    from flows.pipeline import run_flow
+    from flows.run import run_or_reuse
 
     try:
-        summary = run_flow(cfg, plan, rerun=rerun)
+        summary = run_or_reuse(cfg, plan, rerun=rerun)
     except PipelineError as e:
         _fail(str(e))
     except StageFailed as e:
