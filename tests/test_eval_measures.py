@@ -193,7 +193,7 @@ def test_kl_is_scored_in_fp32_under_bf16_autocast_and_bf16_weights(tiny_model, t
     seen: list = []
     hooks = _dtype_spy(tiny_model, seen) + _dtype_spy(other, seen)
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # the training regime model.dtype bfloat16 implies
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # the training regime model.dtype bfloat16 implies
             under_autocast = sampled_sequence_kl(tiny_model, other, g.prompt_ids, g.token_ids, pad_id=pad)
             ids = torch.tensor([g.prompt_ids[0] + g.token_ids[0]])
             lp, lq = (m(ids).logits.float().log_softmax(-1)[0] for m in (tiny_model, other))  # what bf16 compute gives
