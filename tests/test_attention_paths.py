@@ -97,16 +97,16 @@ def test_flex_scores_several_batch_shapes_on_cpu(tiny_model_dir, smol_tokenizer)
 
     flex = load_causal_lm(tiny_model_dir, attention="flex_attention").eval()
     sdpa = load_causal_lm(tiny_model_dir).eval()
-    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS * 2, max_length=64, max_prompt_length=32)
+    pairs, _ = tokenize_pairs(smol_tokenizer, RECORDS, max_length=64, max_prompt_length=32)
     pad = smol_tokenizer.pad_token_id
     shapes = set()
-    for batch_size, packing in [(1, False), (2, True), (3, False), (4, True)]:
+    for batch_size, packing in [(1, False), (2, True)]:
         shapes |= {tuple(collate_pairs(pairs[i : i + batch_size], pad, prefix_sharing=True, packing="one_row" if packing else "off").input_ids.shape)
                    for i in range(0, len(pairs), batch_size)}  # fmt: skip
         got = reference_pair_logps(flex, pairs, pad, batch_size=batch_size, prefix_sharing="on", packing=packing)
         want = reference_pair_logps(sdpa, pairs, pad, batch_size=batch_size, prefix_sharing="on", packing=packing)
         assert all(torch.allclose(g, w, atol=1e-4) for g, w in zip(got, want))
-    assert len(shapes) >= 5
+    assert len(shapes) >= 4
 
 
 def test_flex_cannot_train_on_cpu_and_says_so(tiny_model_dir):
