@@ -90,6 +90,9 @@ def layout_refusal(model: nn.Module) -> str | None:
             return f"{name} has full and sliding-window layers but takes one mask for all of them"
     elif getattr(config, "sliding_window", None) is not None and "create_sliding_window_causal_mask" not in _backbone_source(type(backbone)):
         return f"{name} applies config.sliding_window={config.sliding_window} in its own way, which the layout mask cannot carry"
+    conv = next((n for n, m in backbone.named_modules() if isinstance(m, nn.Conv1d)), None)
+    if conv is not None:  # Mamba/SSM, short-conv and linear-attention mixers: they run along the row
+        return f"{name} has a convolution along the sequence ({conv}), which mixes tokens across a row's sequences"
     if "local" in (getattr(config, "attention_layers", None) or ()):  # GPT-Neo: windows by row index, inside attention
         return f"{name} has local attention layers (window_size={getattr(config, 'window_size', None)}) windowed by row index, not by sequence position"
     return None

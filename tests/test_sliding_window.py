@@ -116,6 +116,18 @@ def test_models_the_mask_does_not_govern_take_no_layout_and_say_why():
 
     assert scoring_packing(hybrid, hybrid) == "off"  # KL scoring of samples: one row each
 
+    # hybrids: their Mamba mixers would carry state from one packed sequence (or branch) to the next
+    falcon = _tiny("falcon_h1", "sdpa", mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_d_state=4, mamba_chunk_size=8)
+    assert layout_refusal(falcon) == "FalconH1Model has hybrid layers, which a per-sequence attention mask does not govern"
+    jamba = _tiny("jamba", "sdpa", num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=1, mamba_d_state=4, mamba_dt_rank=4, use_mamba_kernels=False)  # fmt: skip
+    assert layout_refusal(jamba) == "JambaModel has linear_attention layers, which a per-sequence attention mask does not govern"
+    assert scoring_packing(jamba, jamba) == "off"
+    # and where no layer_types say so, a convolution along the sequence does (Mamba and short-conv mixers have one)
+    llama = _tiny("llama", "sdpa")
+    llama.model.layers[0].add_module("mixer", torch.nn.Conv1d(32, 32, 4, groups=32))
+    assert layout_refusal(llama) == "LlamaModel has a convolution along the sequence (layers.0.mixer), which mixes tokens across a row's sequences"
+
     neo = _tiny("gpt_neo", "eager", attention_types=[[["global", "local"], 1]], num_layers=2, window_size=4, max_position_embeddings=64)
     assert "local attention layers (window_size=4)" in layout_refusal(neo)
     with pytest.raises(ValueError, match="^sft.packing: cannot pack this model: GPTNeoModel has local attention layers"):
