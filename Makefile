@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# DEMO_ARGS: extra options, e.g. make demo DEMO_ARGS="--set seed=1"
 demo: $(STAMP)
-	$(VENV)/bin/alignpipe run --preset demo
+	$(VENV)/bin/alignpipe run --preset demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest tests

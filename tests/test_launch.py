@@ -43,7 +43,7 @@ def test_sft_and_dpo_run_on_two_processes(tmp_path, tiny_model_dir, monkeypatch,
             *extra,
             f"run_dir={tmp_path / 'run'}", f"model.name_or_path={tiny_model_dir}", "orchestration.num_processes=2",
             "data.sft_size=16", "data.prompt_size=6", "data.eval_size=6", "sft.batch_size=8", "sft.micro_batch_size=4",
-            "pairs.generation.max_new_tokens=8", "dpo.batch_size=8", "dpo.micro_batch_size=4", "dpo.epochs=1",
+            "pairs.pairing=all", "pairs.generation.max_new_tokens=8", "dpo.batch_size=8", "dpo.micro_batch_size=4", "dpo.epochs=1",
         ],
     )  # fmt: skip
     launcher = launcher_for(cfg)

@@ -18,8 +18,9 @@ def tiny_pipeline_config(tmp_path: Path, model_dir: Path, name: str = "tiny.yaml
         "model": {"name_or_path": str(model_dir)},
         "data": {"sft_size": 16, "prompt_size": 6, "eval_size": 6},
         "sft": {"batch_size": 8, "micro_batch_size": 4},
-        "pairs": {"generation": {"max_new_tokens": 10}},
-        "dpo": {"batch_size": 4, "micro_batch_size": 4, "checkpoint_every": 2},
+        # all pairs of each prompt (the demo keeps only the best-vs-worst one): enough pairs from 6 prompts
+        "pairs": {"pairing": "all", "generation": {"max_new_tokens": 10}},
+        "dpo": {"batch_size": 4, "micro_batch_size": 4, "epochs": 1, "checkpoint_every": 2},
         "evaluate": {"n_prompts": 6, "temperatures": [1.0], "generation": {"max_new_tokens": 10}, "checkpoints": 4,
                      "baselines": ["sft", "best_of_n"], "best_of_n": 3},
         "ood": {"n_articles": 4, "temperatures": [0.0], "generation": {"max_new_tokens": 10}},
