@@ -12,7 +12,7 @@ from pipeline_config.loading import ConfigError
         (["ood.headline_temperature=0.7"], ["ood", "headline_temperature 0.7"]),
         (["evaluate.generation.top_p=0.9"], ["evaluate", "compute_kl needs generation.top_p 1"]),
         (["evaluate.judge.backend=openai"], ["evaluate", "compute_kl", "judge.backend 'reward'"]),
-        (["evaluate.checkpoints=7"], ["evaluate.checkpoints: 7 must be a multiple of dpo.checkpoint_every (4)"]),
+        (["evaluate.checkpoints=7"], ["evaluate.checkpoints: 7 must be a multiple of dpo.checkpoint_every (5)"]),
         (["evaluate.checkpoints=10", "dpo.checkpoint_every=0"], ["evaluate.checkpoints: 10 must be a multiple of dpo.checkpoint_every (0)"]),
         (["evaluate.baselines=[sft, best_of_n]", "pairs.source=human", "data.task=hh"], ["evaluate.baselines: 'best_of_n' needs pairs.source 'sampled'"]),
         (["evaluate.human_agreement=8"], ["evaluate.human_agreement: task 'imdb' has no human-labelled pairs"]),
@@ -36,7 +36,7 @@ def test_the_demo_preset_evaluates_what_the_issue_asks():
     cfg = load_config("demo")
     ev = cfg.evaluate
     assert ev.headline_temperature == 1.0 and 1.0 in ev.temperatures and ev.compute_kl
-    assert ev.baselines == ["sft"] and ev.checkpoints == 8 and ev.checkpoints % cfg.dpo.checkpoint_every == 0
+    assert ev.baselines == ["sft"] and ev.checkpoints == 5 and ev.checkpoints % cfg.dpo.checkpoint_every == 0
     assert "best_of_n" in load_config("imdb").evaluate.baselines  # the paper-scale preset has the best-of-N baseline
     assert cfg.data.prefix_tokens == (2, 8) and cfg.data.builtin_fallback
     assert load_config("demo", overrides=["evaluate.temperatures=[0.5]", "evaluate.headline_temperature=0.5", "evaluate.compute_kl=false"])
