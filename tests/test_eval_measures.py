@@ -29,16 +29,8 @@ from alignpipe.stages.base import StageContext
 from alignpipe.stages.evaluate_stage import EvaluateSlice, OODSlice, run as run_eval_stage
 from pipeline_config.schema import DataConfig, EvaluateConfig, GenerationConfig, JudgeConfig, OODConfig, PairsConfig
 
-PROMPTS = ["The film was", "I watched it and", "Honestly the acting", "What a", "My brother said it"]
-
-
-def _perturbed(model_dir, scale=0.05, seed=1):
-    other = load_causal_lm(model_dir).eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return other
+from tiny_pipeline import PROMPTS
+from tiny_pipeline import perturbed_model as _perturbed
 
 
 def _write_jsonl(path, rows):

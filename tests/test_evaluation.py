@@ -12,16 +12,8 @@ from alignpipe.kl import sampled_sequence_kl
 from alignpipe.models import load_causal_lm
 from pipeline_config.schema import GenerationConfig, JudgeConfig
 
-PROMPTS = ["The film was", "I watched it and", "Honestly the acting", "What a", "My brother said it"]
-
-
-def _perturbed(model_dir, scale=0.05, seed=1):
-    other = load_causal_lm(model_dir).eval()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return other
+from tiny_pipeline import PROMPTS
+from tiny_pipeline import perturbed_model as _perturbed
 
 
 def _manual_kl(p_model, q_model, prompt_ids, token_ids):

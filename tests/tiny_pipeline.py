@@ -30,3 +30,20 @@ def tiny_pipeline_config(tmp_path: Path, model_dir: Path, name: str = "tiny.yaml
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+PROMPTS = ["The film was", "I watched it and", "Honestly the acting", "What a", "My brother said it"]
+
+
+def perturbed_model(model_dir, scale=0.05, seed=1):
+    """The tiny model with seeded Gaussian noise on every weight: a second policy near the first."""
+    import torch
+
+    from alignpipe.models import load_causal_lm
+
+    other = load_causal_lm(model_dir).eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return other
