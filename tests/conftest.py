@@ -95,7 +95,20 @@ def prefect_server(tmp_path):
     try:
         yield server.start()
     finally:
+        _drain_prefect_services()
         server.stop()
+
+
+def _drain_prefect_services():
+    """Stop Prefect's process-wide services (the tag-concurrency slot service among them).
+
+    Each keeps the API client it was started with: after a test that ran a flow in this process
+    against its own server, the next test's `gpu`-tagged task would ask the stopped server for its
+    slots ("Unable to acquire concurrency slots on ['tag:gpu']").
+    """
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
+    _QueueServiceBase.drain_all(timeout=30)
 
 
 @pytest.fixture
