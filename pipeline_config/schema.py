@@ -266,6 +266,9 @@ class TrackingConfig(Strict):
 
 class PipelineConfig(Strict):
     preset: str = "demo"
+    # sampling seed: preference-pair and evaluation samples, bootstrap resamples. The data split
+    # (data.seed), training order and init (sft.seed, dpo.seed) and the judge's A/B order
+    # (evaluate.judge.seed) keep their own, so `--set seed=1` redraws samples on the same data
     seed: int = 0
     run_dir: str = "runs"
     model: ModelConfig = ModelConfig()
