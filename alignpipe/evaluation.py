@@ -3,7 +3,7 @@
 For each temperature the policy (and the SFT model, when it is a baseline or needed for reward)
 samples `samples_per_prompt` completions per prompt; the judge compares policy vs each baseline,
 sample j against sample j. Every win rate is over prompts (a prompt's score: the mean of its
-comparisons) and comes with a continuity-corrected Wilson 95% CI (alignpipe.bootstrap), a
+comparisons) and comes with a continuity-corrected Wilson 95% CI (alignpipe.intervals), a
 length-controlled win rate for judges that are not reward models (alignpipe.length_control,
 AlpacaEval 2's regression, withheld with the reason when zero length difference is outside the
 data) and the mean lengths of both sides, and for an order-sensitive judge the order checks
@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from alignpipe.bootstrap import mean_ci, stderr, t_interval, win_rate_ci
+from alignpipe.intervals import stderr, t_interval, win_rate_ci
 from alignpipe.generate import GenerationResult, generate, stream_seed
 from alignpipe.judge import Comparison
 from alignpipe.judge.usage import USAGE_KEYS, Usage, add_usage, result_usage, total_usage
@@ -138,7 +138,7 @@ def win_rate_row(result, *, temperature: float, baseline: str, policy_lengths: S
     """One (temperature, baseline) row over prompts. `result` judged samples_per_prompt comparisons per
     prompt (prompt-major: sample j of the policy against sample j of the baseline); a prompt's score is
     the mean of its valid comparisons. Win rate, its stderr (sd of the prompt scores / sqrt(n)) and its
-    continuity-corrected Wilson 95% CI (alignpipe.bootstrap) are over prompts; so is the LC win rate
+    continuity-corrected Wilson 95% CI (alignpipe.intervals) are over prompts; so is the LC win rate
     (alignpipe.length_control: per-prompt scores against per-prompt mean length differences), which a
     reward judge never gets (its note says why). reward_diffs (a reward judge's reward(policy sample) -
     reward(baseline sample), per comparison) give the paired mean reward difference and its t interval."""
@@ -185,7 +185,6 @@ def evaluate_policy(
     headline_temperature: Optional[float] = None,
     chat_template: bool = False,
     compute_kl: bool = False,
-    bootstrap_samples: int = 2000,
     best_of_n: int = 0,
     labeller: Optional[Labeller] = None,
     policy_step: Optional[int] = None,
@@ -236,14 +235,14 @@ def evaluate_policy(
         scores = judge.scores([judged_text(p, s) for p, s in zip(_repeat(texts, k), samples)])
         by_prompt = per_prompt(scores, k)  # k each: their mean is the mean over all samples
         mean, se = _mean_stderr(by_prompt)
-        return scores, mean, se, mean_ci(by_prompt, n_resamples=bootstrap_samples, seed=seed)
+        return scores, mean, se, t_interval(by_prompt)
 
     def frontier_point(label: str, policy_name: str, step: Optional[int], model, samples: GenerationResult) -> dict:
         """One policy's point: mean reward and mean KL(policy || SFT) of its own T=1 samples."""
         _, mean, se, ci = reward_of(samples.texts)
         kls = [0.0] * len(samples.texts) if model is sft else sampled_sequence_kl(
             model, sft, samples.prompt_ids, samples.token_ids, pad_id=tokenizer.pad_token_id, batch_size=generation.batch_size)
-        kl_ci = mean_ci(per_prompt(kls, len(kls) // len(texts)), n_resamples=bootstrap_samples, seed=seed)
+        kl_ci = t_interval(per_prompt(kls, len(kls) // len(texts)))
         return {"label": label, "policy": policy_name, "dpo_step": step, "temperature": KL_TEMPERATURE,
                 "mean_reward": mean, "reward_stderr": se, **_ci_fields("reward_", ci),
                 "kl": sum(kls) / len(kls), **_ci_fields("kl_", kl_ci), "n": len(texts),

@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from alignpipe.bootstrap import LEVEL, win_rate_ci
+from alignpipe.intervals import LEVEL, win_rate_ci
 
 RIDGE = 1e-3
 MAX_ITER = 100

@@ -44,7 +44,7 @@ def _ci_error(rows: Sequence[Mapping[str, Any]], value: str, prefix: str) -> lis
 
 
 def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Win rate against sampling temperature, one line per baseline, 95% bootstrap CI bars, a 0.5 line."""
+    """Win rate against sampling temperature, one line per baseline, 95% Wilson CI bars, a 0.5 line."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     baselines = list(dict.fromkeys(r["baseline"] for r in rows))
@@ -66,7 +66,7 @@ def win_rate_vs_temperature(rows: Sequence[Mapping[str, Any]], path: Path) -> Pa
     ax.set_xlim(min(0.0, *temps) - 0.05, max(1.0, *temps) + 0.05)
     ax.set_xlabel("sampling temperature")
     ax.set_ylabel("win rate (judge)")
-    ax.set_title("DPO win rate vs temperature (bars: 95% bootstrap CI)")
+    ax.set_title("DPO win rate vs temperature (bars: 95% Wilson CI)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     return save_figure(fig, path)
@@ -223,7 +223,7 @@ def ood_win_rates(
     ax.set_xticks(range(len(temps)), [f"T={t:g}" for t in temps])
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("win rate (judge)")
-    ax.set_title("Out of distribution" + (" vs the DPO paper's Table 1" if paper else " (bars: 95% bootstrap CI)"))
+    ax.set_title("Out of distribution" + (" vs the DPO paper's Table 1" if paper else " (bars: 95% Wilson CI)"))
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="upper right", fontsize=8)
     return save_figure(fig, path)

@@ -275,7 +275,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 
 
 def row_ci(row: Mapping[str, Any], prefix: str = "") -> Optional[tuple[float, float]]:
-    """A row's 95% bootstrap interval (`<prefix>ci_low`, `<prefix>ci_high`), None when absent."""
+    """A row's 95% interval (`<prefix>ci_low`, `<prefix>ci_high`), None when absent."""
     lo, hi = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
     return (lo, hi) if is_number(lo) and is_number(hi) else None
 
@@ -286,7 +286,7 @@ def fmt_ci(row: Mapping[str, Any], prefix: str = "", digits: int = 3) -> str:
 
 
 def verdict(row: Mapping[str, Any]) -> str:
-    """Whether the row's 95% bootstrap interval excludes a tie, in words."""
+    """Whether the row's 95% Wilson interval excludes a tie, in words."""
     if not is_number(row.get("win_rate")):
         return "no valid verdicts"
     interval = row_ci(row)
@@ -442,7 +442,7 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
         "KL(policy || SFT) of its own samples, scored on the sampled token ids. Only T=1 samples come from the "
         "policy itself, so no other temperature has a KL. Further left is closer to the SFT model, higher is more "
         "reward; at equal KL the higher policy is the better trade-off (the paper's Figure 2). Bars are 95% "
-        "bootstrap CIs over prompts. The KL is that of sequences capped at the evaluation's max_new_tokens: a "
+        "Student t intervals over prompts. The KL is that of sequences capped at the evaluation's max_new_tokens: a "
         "sample cut at the cap is scored up to the cap only (the cap and the share cut there are in the table). "
         "A best-of-N point picked by the evaluation's own reward is an oracle baseline, placed at its analytic "
         "KL bound log N - (N-1)/N, not at a measured KL.",
@@ -499,7 +499,7 @@ def ood_section(rows: Sequence[OODRow], description: str, out_dir: Path) -> Sect
     comparable = paper_comparable(rows)
     how = (
         f"what this measures: {description}. Each row is the share of articles where the judge preferred the DPO "
-        "policy's text over the baseline's, with a 95% bootstrap CI over articles, as in the section above."
+        "policy's text over the baseline's, with a continuity-corrected Wilson 95% CI over articles, as in the section above."
     )
     if comparable:
         how += (" Rows measured as the paper's Table 1 was (a summarization policy, an LLM judge with the news "

@@ -84,7 +84,7 @@ def plot_win_rate_vs_grid(rows: Sequence[dict[str, Any]], path: Path) -> Path | 
     ax.set_ylim(0, 1)
     ax.set_xlabel(key)
     ax.set_ylabel("DPO win rate (held-out prompts)")
-    ax.set_title(f"Win rate vs {key} (error bars: 95% bootstrap CI)")
+    ax.set_title(f"Win rate vs {key} (error bars: 95% Wilson CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
@@ -136,7 +136,7 @@ def markdown(rows: Sequence[dict[str, Any]], figures: dict[str, Path | None]) ->
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     captions = {"frontier": "Reward against KL from the SFT reference on T = 1 samples: each member's DPO policy (and its "
-                            "checkpoints with evaluate.checkpoints), error bars 95% bootstrap CIs.",
+                            "checkpoints with evaluate.checkpoints), error bars 95% Student t intervals over prompts.",
                 "win_rate": "Win rate against the swept value, one line per sampling temperature.",
                 "training": "The members' DPO training curves."}  # fmt: skip
     for name, path in figures.items():

@@ -194,7 +194,7 @@ Baseline = Literal["sft", "reference_text", "chosen", "best_of_n"]
 
 class EvaluationConfig(Strict):
     """The protocol shared by in-distribution evaluation and the OOD test: sample the DPO policy (and
-    the SFT model) at each temperature, judge against each baseline; bootstrap CIs over prompts."""
+    the SFT model) at each temperature, judge against each baseline; every interval is over prompts (alignpipe.intervals)."""
 
     temperatures: list[Temperature] = Field([0.0, 0.25, 0.5, 0.75, 1.0], min_length=1)
     # the temperature the headline reports: fixed here, never the best of several noisy estimates
@@ -203,7 +203,6 @@ class EvaluationConfig(Strict):
     # sequence-level KL(policy || SFT) of T=1 samples (the only temperature at which it is a KL of the
     # policy) and the reward/KL frontier; needs a reward judge and generation.top_p 1
     compute_kl: bool = False
-    bootstrap_samples: int = Field(2000, ge=100)  # resamples of the prompts for the bootstrap CIs (reward, KL)
     # completions per prompt from each policy (one at T=0: greedy); sample j of DPO is judged against
     # sample j of the baseline, a prompt's score is the mean of its k, every interval is over prompts
     samples_per_prompt: int = Field(1, ge=1)
@@ -266,7 +265,7 @@ class TrackingConfig(Strict):
 
 class PipelineConfig(Strict):
     preset: str = "demo"
-    # sampling seed: preference-pair and evaluation samples, bootstrap resamples. The data split
+    # sampling seed: preference-pair and evaluation samples. The data split
     # (data.seed), training order and init (sft.seed, dpo.seed) and the judge's A/B order
     # (evaluate.judge.seed) keep their own, so `--set seed=1` redraws samples on the same data
     seed: int = 0

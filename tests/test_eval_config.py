@@ -17,11 +17,11 @@ from pipeline_config.loading import ConfigError
         (["evaluate.baselines=[sft, best_of_n]", "pairs.source=human", "data.task=hh"], ["evaluate.baselines: 'best_of_n' needs pairs.source 'sampled'"]),
         (["evaluate.human_agreement=8"], ["evaluate.human_agreement: task 'imdb' has no human-labelled pairs"]),
         (["evaluate.best_of_n=1"], ["evaluate.best_of_n", "greater than or equal to 2"]),
-        (["evaluate.bootstrap_samples=10"], ["evaluate.bootstrap_samples", "greater than or equal to 100"]),
+        (["evaluate.bootstrap_samples=2000"], ["evaluate.bootstrap_samples: unknown key"]),  # removed: intervals need no resampling
     ],
     ids=["headline-not-evaluated", "ood-headline", "kl-with-nucleus", "kl-without-reward", "checkpoints-not-multiple",
          "checkpoints-without-training-checkpoints", "best-of-n-without-labeller", "agreement-without-human-pairs",
-         "best-of-one", "too-few-resamples"],  # fmt: skip
+         "best-of-one", "removed-resampling-setting"],  # fmt: skip
 )
 def test_bad_evaluation_settings_fail_at_load_in_one_line(overrides, needles):
     with pytest.raises(ConfigError) as err:

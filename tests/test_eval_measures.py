@@ -106,7 +106,7 @@ def test_an_evaluation_prompt_cut_from_a_review_sft_saw_is_removed(tmp_path, tin
     inputs = _upstream(tmp_path, tiny_model_dir, smol_tokenizer, pair_prompts)
     config = EvaluateSlice(
         evaluate=EvaluateConfig(n_prompts=20, temperatures=[0.0], headline_temperature=0.0, generation={"max_new_tokens": 2, "batch_size": 20},
-                                judge=JudgeConfig(backend="reward", reward="vader"), bootstrap_samples=100),
+                                judge=JudgeConfig(backend="reward", reward="vader")),
         data=cfg, pairs=PairsConfig(), chat_template=False, dtype="float32", seed=0,
     )  # fmt: skip
     metrics, tables, samples = _run_stage(tmp_path, inputs, config)
@@ -132,7 +132,7 @@ def test_cost_counts_human_agreement_and_the_best_of_n_ranking(openai_env, share
         data = DataConfig(task="hh", dir=str(shared_data), sft_size=8, eval_size=3)
         config = EvaluateSlice(
             evaluate=EvaluateConfig(n_prompts=3, temperatures=[0.0], headline_temperature=0.0, baselines=["chosen", "best_of_n"], best_of_n=3,
-                                    human_agreement=3, generation={"max_new_tokens": 3, "batch_size": 8}, judge=judge, bootstrap_samples=100),
+                                    human_agreement=3, generation={"max_new_tokens": 3, "batch_size": 8}, judge=judge),
             data=data, pairs=PairsConfig(labeler="judge", judge=judge), chat_template=False, dtype="float32", seed=0,
         )  # fmt: skip
         inputs = _upstream(tmp_path, tiny_model_dir, smol_tokenizer, ["unused prompt"])
@@ -224,7 +224,7 @@ def test_the_evaluate_stage_scores_kl_from_the_fp32_weights_under_model_dtype_bf
     config = EvaluateSlice(
         evaluate=EvaluateConfig(n_prompts=4, temperatures=[1.0], headline_temperature=1.0, baselines=["sft", "best_of_n"], best_of_n=3,
                                 compute_kl=True, generation={"max_new_tokens": 4, "batch_size": 4},
-                                judge=JudgeConfig(backend="reward", reward="vader"), bootstrap_samples=100),
+                                judge=JudgeConfig(backend="reward", reward="vader")),
         data=data, pairs=PairsConfig(labeler="vader"), chat_template=False, dtype="bfloat16", seed=0,
     )  # fmt: skip
     inputs = _upstream(tmp_path, tiny_model_dir, smol_tokenizer, ["unused prompt"])
@@ -272,7 +272,7 @@ def test_dpo_and_sft_samples_use_different_seeds_deterministically(tiny_model, t
             policy=tiny_model, sft=twin, tokenizer=smol_tokenizer, prompts=[{"prompt": p, "reference": None} for p in PROMPTS],
             temperatures=[1.0], baselines=["sft"], generation=GenerationConfig(max_new_tokens=6, batch_size=5),
             judge=make_judge(JudgeConfig(backend="reward", reward="vader"), tmp_path), judged_text=lambda p, c: p + c,
-            seed=0, bootstrap_samples=100,
+            seed=0,
         )  # fmt: skip
         return [(s["policy"], s["sft"]) for s in tables.samples]
 

@@ -3,7 +3,7 @@ every interval, the paired mean reward difference of a reward judge, and which r
 import numpy as np
 import pytest
 
-from alignpipe.bootstrap import stderr, t_interval, win_rate_ci
+from alignpipe.intervals import stderr, t_interval, win_rate_ci
 from alignpipe.evaluation import REWARD_JUDGE_LC_NOTE, evaluate_policy, per_prompt, win_rate_row
 from alignpipe.judge.aggregate import summarize
 from alignpipe.judge.ordering import BASELINE_FIRST, POLICY_FIRST
@@ -65,7 +65,7 @@ def test_evaluation_with_several_samples_per_prompt(tiny_model, tiny_model_dir, 
         prompts=[{"prompt": p, "reference": None} for p in prompts], temperatures=[0.0, 1.0], headline_temperature=1.0,
         baselines=["sft"], generation=GenerationConfig(max_new_tokens=4, batch_size=6),
         judge=make_judge(JudgeConfig(backend="reward", reward="vader"), tmp_path), judged_text=lambda p, c: p + c,
-        seed=0, compute_kl=True, bootstrap_samples=200, samples_per_prompt=k,
+        seed=0, compute_kl=True, samples_per_prompt=k,
     )  # fmt: skip
     at = {t: [s for s in tables.samples if s["temperature"] == t] for t in (0.0, 1.0)}
     assert [(s["index"], s["sample"]) for s in at[0.0]] == [(i, 0) for i in range(4)]  # greedy: one sample is all k
@@ -83,6 +83,8 @@ def test_evaluation_with_several_samples_per_prompt(tiny_model, tiny_model_dir, 
     assert (row["reward_diff_ci_low"], row["reward_diff_ci_high"]) == pytest.approx(t_interval(diffs))
     dpo = next(r for r in tables.reward_kl if (r["policy"], r["temperature"]) == ("dpo", 1.0))
     assert dpo["mean_reward"] == pytest.approx(np.mean([reward(s, "policy") for s in at[1.0]]))
+    by_prompt = per_prompt([reward(s, "policy") for s in at[1.0]], k)  # the mean reward's interval is over prompts
+    assert (dpo["reward_ci_low"], dpo["reward_ci_high"]) == pytest.approx(t_interval(by_prompt))
     frontier = {r["label"]: r for r in tables.frontier}
     assert frontier["dpo"]["n"] == 4 and frontier["dpo"]["kl"] == dpo["kl"] > 0
     m = tables.metrics()

@@ -1,5 +1,5 @@
 """Sequence KL on sampled ids, and the evaluation loop on the tiny model with the offline reward judge:
-KL only at T=1, frontier points per policy, bootstrap CIs, length-controlled win rates, best-of-N."""
+KL only at T=1, frontier points per policy, intervals over prompts, length-controlled win rates, best-of-N."""
 import math
 
 import pytest
@@ -75,7 +75,7 @@ def _evaluate(policy, sft, tokenizer, tmp_path, **kwargs):
         policy=policy, sft=sft, tokenizer=tokenizer, prompts=[{"prompt": p, "reference": None} for p in PROMPTS],
         temperatures=[0.0, 1.0], headline_temperature=1.0, baselines=["sft"],
         generation=GenerationConfig(max_new_tokens=6, batch_size=2), judge=judge, judged_text=lambda p, c: p + c,
-        seed=0, compute_kl=True, bootstrap_samples=300,
+        seed=0, compute_kl=True,
     )
     return evaluate_policy(**{**args, **kwargs})
 

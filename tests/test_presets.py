@@ -34,7 +34,7 @@ def _tiny(preset: str, run_dir, model_dir, data_dir, *extra):
             "sft.batch_size=8", "sft.micro_batch_size=4", "sft.max_length=256", "sft.max_prompt_length=192",
             "dpo.batch_size=8", "dpo.micro_batch_size=4", "dpo.max_length=256", "dpo.max_prompt_length=192", "dpo.warmup_steps=1",
             "evaluate.n_prompts=4", "evaluate.temperatures=[0.0, 1.0]", "evaluate.generation.max_new_tokens=8",
-            "evaluate.human_agreement=6", "evaluate.bootstrap_samples=200",
+            "evaluate.human_agreement=6",
             "ood.n_articles=3", "ood.generation.max_new_tokens=8", "ood.article_chars=400",
             *[f"evaluate.judge.{j}" for j in judge], *[f"ood.judge.{j}" for j in judge], *extra,
         ],

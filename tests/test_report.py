@@ -135,7 +135,7 @@ def test_full_report_writes_plots_and_markdown_with_the_numbers(tmp_path):
     assert sorted(embedded_images(md)) == sorted(FIGURES.values())  # embedded by relative path
     first_section = md.split("\n## ")[1]
     assert first_section.startswith("Headline")
-    # The headline reports the configured temperature, with its bootstrap CI, not the best of several.
+    # The headline reports the configured temperature, with its CI, not the best of several.
     assert "DPO vs sft at T=1 (fixed by the config): win rate 0.550, 95% CI [0.520, 0.610] over 250 prompts: DPO beats sft." in first_section
     assert "0.613" not in first_section
     assert "DPO vs reference_text at T=1 (fixed by the config): win rate 0.420, 95% CI [0.360, 0.480] over 256 prompts: reference_text beats DPO." in first_section

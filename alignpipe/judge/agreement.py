@@ -3,22 +3,24 @@
 Each human-labelled pair is judged as (chosen vs rejected) with the judge's own settings (both orders
 by default, cached like any judgment). An item scores 1 when the judge prefers the human's choice,
 0 when it prefers the other reply, 0.5 when it ties or contradicts itself across orders. Agreement
-is the mean over items, with a percentile-bootstrap 95% CI over the pairs. A win rate measured by
-this judge is only as informative as this agreement: about 0.5 means the judge is a coin flip here.
+is the mean over items, with the continuity-corrected Wilson 95% CI over the pairs that win rates
+get (alignpipe.intervals; it is the same kind of [0, 1] per-item score). It is measured on the
+dataset's pairs, not on DPO-vs-baseline pairs: about 0.5 means the judge is a coin flip on pairs
+like these.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from alignpipe.bootstrap import mean_ci
+from alignpipe.intervals import win_rate_ci
 from alignpipe.judge.records import Comparison
 
 
-def human_agreement(judge, pairs: Sequence[dict[str, str]], *, source: str, n_resamples: int, seed: int) -> dict[str, Any]:
+def human_agreement(judge, pairs: Sequence[dict[str, str]], *, source: str) -> dict[str, Any]:
     """The agreement row: {source, n, n_invalid, agreement, ci_low, ci_high, order_disagreement, first_wins_share}."""
     items = [Comparison(prompt=p["prompt"], policy=p["chosen"], baseline=p["rejected"]) for p in pairs]
     result = judge.judge(items, desc="judge vs human labels", purpose="human_agreement")
-    ci = mean_ci(result.item_wins, n_resamples=n_resamples, seed=seed)
+    ci = win_rate_ci(result.item_wins)
     return {
         "source": source,
         "judge": judge.name,

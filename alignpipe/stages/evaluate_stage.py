@@ -200,7 +200,6 @@ def run(ctx: StageContext) -> dict[str, float]:
         seed=config.seed,
         chat_template=config.chat_template,
         compute_kl=protocol.compute_kl,
-        bootstrap_samples=protocol.bootstrap_samples,
         samples_per_prompt=protocol.samples_per_prompt,
         best_of_n=config.evaluate.best_of_n if is_evaluate else 0,
         labeller=picker,
@@ -216,7 +215,7 @@ def run(ctx: StageContext) -> dict[str, float]:
     tables.data = {"eval_source": source, "candidate_prompts": len(candidates), "overlap_removed": len(removed), "prompts": len(prompts)}
     if is_evaluate and config.evaluate.human_agreement:
         pairs, where = human_label_pairs(config.data, config.evaluate.human_agreement)
-        tables.judge_agreement = human_agreement(judge, pairs, source=where, n_resamples=protocol.bootstrap_samples, seed=config.seed)
+        tables.judge_agreement = human_agreement(judge, pairs, source=where)
     tables.set_usage(merged([judge.usage] + ([picker_judge.usage] if picker_judge is not None else [])))  # every judgment
     for row in tables.win_rates:
         if paper_table1_applies(protocol, row["baseline"], config.data.task):
