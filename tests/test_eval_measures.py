@@ -151,6 +151,32 @@ def test_cost_counts_human_agreement_and_the_best_of_n_ranking(openai_env, share
     assert sum(metrics[f"judge/{p}/cost_usd"] for p in per_purpose) == pytest.approx(billed)
 
 
+def test_cost_counts_judge_labelled_pairs(openai_env, shared_data, tmp_path, tiny_model_dir, smol_tokenizer):
+    """pairs.labeler=judge with a priced LLM judge: the pairs stage's judge/cost_usd and tokens are what the
+    endpoint billed, under judge/pair_labelling/* too (before: judged, paid, and in no metric)."""
+    from fake_openai_server import FakeOpenAIServer
+    from judge_items import PRICE_IN, PRICE_OUT
+
+    from alignpipe.stages.pairs_stage import LABELLING, PairsSlice, run_sampled
+
+    inputs = _upstream(tmp_path, tiny_model_dir, smol_tokenizer, ["unused prompt"])
+    with FakeOpenAIServer() as server:
+        judge = JudgeConfig(backend="openai", model="judge-model", base_url=server.base_url, template="dialogue", both_orders=True,
+                            max_retries=2, timeout_s=5.0, price_per_1k_input=PRICE_IN, price_per_1k_output=PRICE_OUT)  # fmt: skip
+        config = PairsSlice(data=DataConfig(task="hh", dir=str(shared_data), prompt_size=3, eval_size=2),
+                            pairs=PairsConfig(labeler="judge", judge=judge, samples_per_prompt=3, generation={"max_new_tokens": 3}),
+                            chat_template=False, dtype="float32", seed=0)  # fmt: skip
+        out = tmp_path / "pairs-out"
+        out.mkdir()
+        # the fake judge ties texts without its marker, so no pairs: the stage's metrics before that check
+        *_, metrics = run_sampled(StageContext(config=config, out_dir=out, inputs={"sft": inputs["sft"]}, say=lambda line: None))
+        billed = server.prompt_tokens / 1000 * PRICE_IN + server.completion_tokens / 1000 * PRICE_OUT
+        n_requests = server.n_requests
+    assert n_requests > 0 and metrics["judge/judgments"] == metrics[f"judge/{LABELLING}/judgments"] == n_requests
+    assert metrics["judge/cost_usd"] == pytest.approx(billed) and metrics[f"judge/{LABELLING}/cost_usd"] == pytest.approx(billed)
+    assert metrics["judge/input_tokens"] == server.prompt_tokens and metrics["judge/output_tokens"] == server.completion_tokens
+
+
 def test_a_judge_counts_what_it_was_paid_for_even_when_a_call_fails(openai_env, tmp_path):
     from fake_openai_server import FakeOpenAIServer
     from judge_items import items, judge_for

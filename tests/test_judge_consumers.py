@@ -9,7 +9,7 @@ import pytest
 
 from alignpipe.evaluation import evaluate_policy
 from alignpipe.judge import JudgeInvalidVerdictsError, make_judge
-from alignpipe.stages.pairs_stage import judge_scores
+from alignpipe.judge.tournament import copeland_scores
 from fake_openai_server import FakeOpenAIServer
 from judge_items import PRICE_IN, PRICE_OUT, judge_for
 from pipeline_config import ConfigError, load_config
@@ -58,9 +58,9 @@ def test_the_gate_stops_evaluation(server, tmp_path, tiny_model, smol_tokenizer)
 def test_the_gate_stops_judge_labelled_pairs(server, tmp_path):
     prompts = ["POST: my cat\n\nTL;DR:", "POST: my dog\n\nTL;DR:"]
     completions = [["cat GOOD", "cat"], ["dog", "dog GOOD"]]
-    assert judge_scores(judge_for(server.base_url, tmp_path), prompts, completions) == [[1.0, 0.0], [0.0, 1.0]]
+    assert copeland_scores(judge_for(server.base_url, tmp_path), prompts, completions) == [[1.0, 0.0], [0.0, 1.0]]
     with pytest.raises(JudgeInvalidVerdictsError, match="have no valid verdict"):
-        judge_scores(judge_for(server.base_url, tmp_path, model="weak-judge"), prompts, completions)
+        copeland_scores(judge_for(server.base_url, tmp_path, model="weak-judge"), prompts, completions)
 
 
 def test_paper_presets_price_their_openai_judge_and_the_others_cost_nothing():

@@ -52,13 +52,13 @@ def test_unknown_pairing_is_an_error():
 def test_judge_labels_become_copeland_scores(tmp_path):
     """labeler=judge: every within-prompt pair is judged in one call; wins become per-sample scores."""
     from alignpipe.judge import make_judge
-    from alignpipe.stages.pairs_stage import judge_scores
+    from alignpipe.judge.tournament import copeland_scores
     from pipeline_config.schema import JudgeConfig
 
     judge = make_judge(JudgeConfig(backend="reward", reward="vader"), tmp_path)
     prompts = ["Review:", "Film:"]
     completions = [[" wonderful, great, loved it", " terrible and awful", " it was fine"], [" bad", " superb and delightful"]]
-    scores = judge_scores(judge, prompts, completions)
+    scores = copeland_scores(judge, prompts, completions)
     assert scores[0] == [2.0, 0.0, 1.0]  # each sample's wins against the other two
     assert scores[1] == [0.0, 1.0]
 

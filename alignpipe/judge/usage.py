@@ -2,7 +2,8 @@
 
 A Judge keeps a ledger (Judge.usage) that each call of Judge.judge adds to under its purpose: the
 win rates ("win_rate"), the judge-vs-humans check ("human_agreement"), the best-of-N ranking
-("best_of_n"); callers that name none count under "judging" (Copeland ranking: "ranking").
+("best_of_n"), judge-labelled preference pairs ("pair_labelling"); callers that name none count
+under "judging" (Copeland ranking: "ranking").
 `judgments` are the verdicts asked for in this run (one request each: an item shown in one order;
 paid for, with a priced judge); cached verdicts (`n_cached`) cost nothing. Cost is unknown (None)
 as soon as one judgment's price is unknown, never a partial sum.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from itertools import combinations
 from typing import Annotated, Literal
 
 from alignpipe.data import generation_prompts, human_pairs, validate_task_data
@@ -15,6 +14,9 @@ from alignpipe.stages.base import StageContext, StageSpec
 from alignpipe.stages.common import load_stage_model
 from pipeline_config.schema import DataConfig, PairsConfig
 from pipeline_config.slices import From, StageConfig
+
+
+LABELLING = "pair_labelling"  # the judge's purpose here (alignpipe.judge.usage): judge/pair_labelling/* metrics
 
 
 class PairsSlice(StageConfig):
@@ -37,22 +39,6 @@ def preflight(config: PairsSlice) -> None:
         human_pairs(config.data, config.data.prompt_size)
 
 
-def judge_scores(judge, prompts: list[str], completions: list[list[str]]) -> list[list[float]]:
-    """Copeland scores: for each prompt, how many of its other samples the judge prefers each sample to.
-    All comparisons go to the judge in one call, so its concurrency and cache work across prompts."""
-    from alignpipe.judge import Comparison
-
-    plan = [(p, i, j) for p, comps in enumerate(completions) for i, j in combinations(range(len(comps)), 2)]
-    items = [Comparison(prompt=prompts[p], policy=completions[p][i], baseline=completions[p][j]) for p, i, j in plan]
-    result = judge.judge(items, desc="labelling")
-    wins = [[0.0] * len(c) for c in completions]
-    for (p, i, j), w in zip(plan, result.item_wins):  # item_wins: one per item, both_orders averaged
-        if w is not None:
-            wins[p][i] += w
-            wins[p][j] += 1 - w
-    return wins
-
-
 def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, dict[str, float]]:
     config: PairsSlice = ctx.config
     pcfg = config.pairs
@@ -70,11 +56,16 @@ def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, d
     stats = PairStats()
     rows, samples = [], []
     grouped = [gen.texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+    judge_metrics: dict[str, float] = {}
     if pcfg.labeler == "judge":
         from alignpipe.judge import make_judge
+        from alignpipe.judge.tournament import copeland_scores
 
         judge = make_judge(pcfg.judge, ctx.out_dir.parent / ".judge-cache")
-        per_prompt = judge_scores(judge, [p["prompt"] for p in prompts], grouped)
+        per_prompt = copeland_scores(judge, [p["prompt"] for p in prompts], grouped, desc="labelling pairs", purpose=LABELLING)
+        spent = judge.usage.total()  # a paid judge's labelling is in the stage's metrics, as evaluation's is
+        for prefix in (f"judge/{LABELLING}/", "judge/"):
+            judge_metrics.update({prefix + key: v for key, v in spent.items() if v is not None})
     else:
         from alignpipe.rewards import make_scorer
 
@@ -86,7 +77,8 @@ def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, d
         samples += [{"prompt_index": i, "prompt": p["prompt"], "completion": c, "score": s} for c, s in zip(comps, scores)]
         rows += pairs_from_scores(p["prompt"], comps, scores, pairing=pcfg.pairing, min_margin=pcfg.min_margin, stats=stats, prompt_index=i)
     sample_scores = [s["score"] for s in samples]
-    extra = {"generation_tokens_per_s": gen.tokens_per_s, "sample_score_mean": sum(sample_scores) / len(sample_scores)}
+    extra = {"generation_tokens_per_s": gen.tokens_per_s, "sample_score_mean": sum(sample_scores) / len(sample_scores),
+             **judge_metrics}
     return rows, samples, stats, extra
 
 
