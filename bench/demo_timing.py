@@ -67,13 +67,18 @@ def _headline(clone: Path) -> dict:
     return {"headline": {k: row.get(k) for k in keep}, "frontier": frontier}
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also time the 3-point beta sweep after the demo")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--seed", type=int, default=None, help="run the demo with --set seed=N")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     demo = ["make", "demo"] + ([f"DEMO_ARGS=--set seed={args.seed}"] if args.seed is not None else [])
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()

@@ -110,12 +110,17 @@ def run_candidate(name: str, overrides: list[str]) -> dict:
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidate", action="append", default=[], choices=sorted(CANDIDATES))
     parser.add_argument("--list", action="store_true", help="print the candidates and exit")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo_tuning_cpu.json")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.list or not args.candidate:
         print(json.dumps(CANDIDATES, indent=2))
         return

@@ -353,7 +353,8 @@ def _goals(preset: str, arms: dict) -> dict:
     return out
 
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--out", type=Path, help="also write the JSON here (e.g. bench/results/dpo_throughput_cpu.json)")
@@ -364,7 +365,11 @@ def main(argv=None) -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--pairs", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
     import torch
 
     cuda = torch.cuda.is_available()

@@ -135,7 +135,8 @@ def load_model(model_dir: Optional[str], device: str):
     return model, tokenizer, name, time.perf_counter() - started
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -149,7 +150,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--model-dir", default=None, help="a local HF model dir instead of the SmolLM2 GGUF")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parser().parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)

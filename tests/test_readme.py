@@ -8,8 +8,9 @@
   is parsed by the CLI's own click parser without running it: an unknown subcommand or option, or
   a bad option value, fails. Then its --preset must be a preset, its --set and --grid values must
   load (the real config loader), and its stage names (`stage NAME`, --rerun) must be stages.
-  ALL-CAPS arguments (NAME, RUN_ID) are placeholders. `make X` needs a Makefile target and
-  `python -m X` an importable module.
+  ALL-CAPS arguments (NAME, RUN_ID) are placeholders. `schedule --cron` must be a cron expression
+  Prefect accepts. `make X` needs a Makefile target and `python -m X` an importable module, whose
+  options, for a bench module, its own parser() accepts ([--flag]: an optional flag).
 - figures: README.md marks the text that quotes bench/results/ with
       <!-- figures: bench/results/FILE.json ... -->  ...  <!-- /figures -->
   Every FIGURES entry below is README text with `{}` holes, each hole a value of that JSON (a path
@@ -24,6 +25,7 @@ change FIGURES (or NOT_FROM_JSON for text that is not from the JSON), keeping th
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import json
@@ -309,6 +311,13 @@ def _parse_alignpipe(argv: list[str]) -> Optional[str]:
                   if s not in STAGE_ORDER and not PLACEHOLDER.match(s)]  # fmt: skip
     if bad_stages:
         return f"unknown stage {', '.join(bad_stages)} (stages: {', '.join(STAGE_ORDER)})"
+    if name == "schedule" and (params.get("cron"), params.get("interval")) != (None, None):  # not a bare mention
+        from flows.schedule import timing
+
+        try:
+            timing(params.get("cron"), params.get("interval"))
+        except ValueError as e:
+            return str(e)
     preset = params.get("preset")
     if preset is not None and preset not in preset_names():
         return f"--preset {preset}: unknown preset (presets: {', '.join(preset_names())})"
@@ -322,6 +331,23 @@ def _parse_alignpipe(argv: list[str]) -> Optional[str]:
     return None
 
 
+def _parse_module(module: str, argv: list[str]) -> Optional[str]:
+    """None if `python -m module argv` would parse: a bench's options by its own parser(); an optional
+    option written [--flag] counts as given."""
+    if importlib.util.find_spec(module) is None:
+        return f"no module {module}"
+    argv = [a[1:-1] if a.startswith("[") and a.endswith("]") else a for a in argv]
+    if not module.startswith("bench."):
+        return None if not argv else f"{module}: options are checked only for bench modules"
+    options = importlib.import_module(module).parser()
+    options.exit_on_error = False
+    try:
+        _, unknown = options.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        return f"{module}: {e}"
+    return f"{module}: unrecognized arguments: {' '.join(unknown)}" if unknown else None
+
+
 def command_errors(text: str) -> list[str]:
     targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
     errors = []
@@ -331,8 +357,8 @@ def command_errors(text: str) -> list[str]:
             why = _parse_alignpipe(argv[1:])
         elif argv[0] == "make":
             why = None if all(t in targets for t in argv[1:]) else f"no such Makefile target (targets: {', '.join(sorted(targets))})"
-        else:  # python -m MODULE
-            why = None if importlib.util.find_spec(argv[2]) is not None else f"no module {argv[2]}"
+        else:  # python -m MODULE [options]
+            why = _parse_module(argv[2], argv[3:])
         if why:
             errors.append(f"README.md:{line}: `{shlex.join(argv)}`: {why}")
     return errors
@@ -454,6 +480,9 @@ def test_a_removed_file_fails(readme, tmp_path):
         ("alignpipe schedule --interval 3600", "alignpipe schedule --interval hourly", "Invalid value for '--interval'"),
         ("`alignpipe config --preset demo`", "`alignpipe config --preset demo --chnaged`", "No such option: --chnaged"),
         ("make demo   #", "make dmeo   #", "no such Makefile target"),
+        ('--cron "0 3 * * *" --preset demo', '--cron "0 27 * * *" --preset demo', "--cron '0 27 * * *': not a valid cron expression"),
+        ("bench.dpo_throughput --json --quiet-load 1.5", "bench.dpo_throughput --json --quiet-load low", "argument --quiet-load: invalid float value: 'low'"),
+        ("python -m bench.demo_timing [--sweep]", "python -m bench.demo_timing [--sweeps]", "bench.demo_timing: unrecognized arguments: --sweeps"),
     ],
 )
 def test_an_unknown_cli_option_preset_or_command_fails(readme, example, mutated, why):
