@@ -28,7 +28,7 @@ import numpy as np
 from alignpipe.intervals import stderr, t_interval, win_rate_ci
 from alignpipe.generate import GenerationResult, generate, stream_seed
 from alignpipe.judge import Comparison
-from alignpipe.judge.usage import USAGE_KEYS, Usage, add_usage, result_usage, total_usage
+from alignpipe.judge.usage import Usage, add_usage, empty_usage, result_usage, total_usage, usage_metrics
 from alignpipe.kl import sampled_sequence_kl
 from alignpipe.length_control import LengthControlled, length_controlled
 from pipeline_config.schema import SamplingConfig
@@ -58,20 +58,22 @@ class EvalTables:
     verdicts: list[dict] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # where the prompts came from, overlaps removed
     judge_agreement: Optional[dict] = None  # alignpipe.judge.agreement row
-    # what judging spent (alignpipe.judge.usage), in total and per purpose (win_rate, human_agreement,
-    # best_of_n, ...); cost_usd turns None (unknown) once any judgment has no known price, and
-    # metrics() then leaves it out
-    usage: Usage = field(default_factory=lambda: {k: 0.0 for k in USAGE_KEYS})
+    # what judging spent (alignpipe.judge.usage) per purpose (win_rate, human_agreement, best_of_n,
+    # ...); cost_usd turns None (unknown) once any judgment has no known price, and metrics() then
+    # leaves it out
     usage_by_purpose: dict[str, Usage] = field(default_factory=dict)
 
+    @property
+    def usage(self) -> Usage:
+        """The spend in total."""
+        return total_usage(self.usage_by_purpose)
+
     def add_usage(self, result, purpose: str = "win_rate") -> None:
-        add_usage(self.usage_by_purpose.setdefault(purpose, {k: 0.0 for k in USAGE_KEYS}), result_usage(result))
-        self.usage = total_usage(self.usage_by_purpose)
+        add_usage(self.usage_by_purpose.setdefault(purpose, empty_usage()), result_usage(result))
 
     def set_usage(self, by_purpose: dict[str, Usage]) -> None:
         """Every judgment of the stage (its judges' ledgers, Judge.usage), replacing what add_usage summed."""
         self.usage_by_purpose = {k: dict(v) for k, v in by_purpose.items()}
-        self.usage = total_usage(self.usage_by_purpose)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Headline win rates first (they head the CLI summary), then every row, rewards, KL, data, judge."""
@@ -99,18 +101,8 @@ class EvalTables:
         if self.judge_agreement and self.judge_agreement.get("agreement") is not None:
             out[f"{prefix}judge/human_agreement"] = self.judge_agreement["agreement"]
             out[f"{prefix}judge/human_agreement_n"] = float(self.judge_agreement["n"])
-        out.update({f"{prefix}judge/{k}": v for k, v in self.usage.items() if v is not None})  # unknown cost: absent, not 0
-        for purpose, usage in self.usage_by_purpose.items():
-            out.update({f"{prefix}judge/{purpose}/{k}": v for k, v in usage.items() if v is not None})
+        out.update(usage_metrics(self.usage_by_purpose, prefix))  # unknown cost: absent, not 0
         return out
-
-
-def _mean_stderr(xs: Sequence[float]) -> tuple[float, Optional[float]]:
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, None
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
 
 
 def per_prompt(values: Sequence[Optional[float]], k: int) -> list[Optional[float]]:
@@ -234,8 +226,7 @@ def evaluate_policy(
         k = len(samples) // len(texts)
         scores = judge.scores([judged_text(p, s) for p, s in zip(_repeat(texts, k), samples)])
         by_prompt = per_prompt(scores, k)  # k each: their mean is the mean over all samples
-        mean, se = _mean_stderr(by_prompt)
-        return scores, mean, se, t_interval(by_prompt)
+        return scores, sum(by_prompt) / len(by_prompt), stderr(by_prompt), t_interval(by_prompt)
 
     def frontier_point(label: str, policy_name: str, step: Optional[int], model, samples: GenerationResult) -> dict:
         """One policy's point: mean reward and mean KL(policy || SFT) of its own T=1 samples."""

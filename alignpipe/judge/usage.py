@@ -47,6 +47,15 @@ def total_usage(by_purpose: Mapping[str, Mapping[str, Optional[float]]]) -> Usag
     return total
 
 
+def usage_metrics(by_purpose: Mapping[str, Mapping[str, Optional[float]]], prefix: str = "") -> dict[str, float]:
+    """Metrics of a stage's spend: judge/<key> in total and judge/<purpose>/<key>; an unknown cost is
+    absent, never 0."""
+    out = {f"{prefix}judge/{k}": v for k, v in total_usage(by_purpose).items() if v is not None}
+    for purpose, usage in by_purpose.items():
+        out.update({f"{prefix}judge/{purpose}/{k}": v for k, v in usage.items() if v is not None})
+    return out
+
+
 class UsageLedger:
     """Spend per purpose, in the order purposes first appeared."""
 
@@ -63,9 +72,6 @@ class UsageLedger:
     def record_cached(self, purpose: str, n: int) -> None:
         """Verdicts served from the cache: free in this run."""
         add_usage(self.by_purpose.setdefault(purpose, empty_usage()), {"n_cached": float(n)})
-
-    def total(self) -> Usage:
-        return total_usage(self.by_purpose)
 
 
 def merged(ledgers: Iterable[UsageLedger]) -> dict[str, Usage]:

@@ -60,12 +60,11 @@ def run_sampled(ctx: StageContext) -> tuple[list[dict], list[dict], PairStats, d
     if pcfg.labeler == "judge":
         from alignpipe.judge import make_judge
         from alignpipe.judge.tournament import copeland_scores
+        from alignpipe.judge.usage import usage_metrics
 
         judge = make_judge(pcfg.judge, ctx.out_dir.parent / ".judge-cache")
         per_prompt = copeland_scores(judge, [p["prompt"] for p in prompts], grouped, desc="labelling pairs", purpose=LABELLING)
-        spent = judge.usage.total()  # a paid judge's labelling is in the stage's metrics, as evaluation's is
-        for prefix in (f"judge/{LABELLING}/", "judge/"):
-            judge_metrics.update({prefix + key: v for key, v in spent.items() if v is not None})
+        judge_metrics = usage_metrics(judge.usage.by_purpose)  # a paid judge's labelling is in the stage's metrics, as evaluation's is
     else:
         from alignpipe.rewards import make_scorer
 
