@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from alignpipe.batching import CHOSEN, REJECTED, LogpBatch, Packing
+from alignpipe.model_parts import base_model, text_config
 
 LAYOUT_ATTENTION = ("sdpa", "eager", "flex_attention")  # implementations that take a custom mask
 FLEX_BLOCK_SIZE = 128
@@ -35,8 +36,7 @@ def may_attend(seq_q, branch_q, seq_k, branch_k, q, k, pos_q=None, pos_k=None, w
 
 
 def attention_implementation(model: nn.Module) -> str:
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(lm.config, "_attn_implementation", None) or "eager"
+    return getattr(base_model(model).config, "_attn_implementation", None) or "eager"
 
 
 def takes_layout_mask(model: nn.Module) -> bool:
@@ -48,14 +48,6 @@ def takes_layout_mask(model: nn.Module) -> bool:
 MASKED_LAYER_TYPES = ("full_attention", "sliding_attention")  # layer_types a layout mask can govern
 
 
-def _text_config(model: nn.Module):
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return lm.config.get_text_config()
-    except (AttributeError, ValueError):
-        return lm.config
-
-
 @functools.cache
 def _backbone_source(cls: type) -> str:
     try:
@@ -65,7 +57,7 @@ def _backbone_source(cls: type) -> str:
 
 
 def _backbone(model: nn.Module) -> nn.Module | None:
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     return getattr(lm, getattr(lm, "base_model_prefix", ""), None)
 
 
@@ -80,7 +72,7 @@ def layout_refusal(model: nn.Module) -> str | None:
     name = type(backbone).__name__
     if backbone is None or "position_ids" not in inspect.signature(type(backbone).forward).parameters:
         return f"{name} takes no position ids (not an attention model whose mask alignpipe can set)"
-    config = _text_config(model)
+    config = text_config(model)
     types = getattr(config, "layer_types", None)
     if types:
         other = sorted(set(types) - set(MASKED_LAYER_TYPES))
@@ -108,7 +100,7 @@ def _takes_mask_per_layer_type(cls: type) -> bool:
 def attention_windows(model: nn.Module) -> dict[str | None, int | None]:
     """The sliding window of the mask each layer takes: {None: window} when one mask serves every
     layer, else {layer type: window} (window None: none). For models that take a layout mask."""
-    config = _text_config(model)
+    config = text_config(model)
     types = getattr(config, "layer_types", None)
     if not types:
         return {None: getattr(config, "sliding_window", None)}

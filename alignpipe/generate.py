@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alignpipe.batching import length_sorted_batches
+from alignpipe.model_parts import base_model
 from alignpipe.tokenization import as_chat
 from alignpipe.train.precision import autocast
 
@@ -73,7 +74,7 @@ def _plain_generation_config(config):
 @contextmanager
 def _own_processors_off(model):
     """The model's generation_config replaced by its token ids alone for the duration of the call."""
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = base_model(model)
     own = target.generation_config
     target.generation_config = _plain_generation_config(own)
     try:

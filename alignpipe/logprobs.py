@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from alignpipe.attention import attention_implementation, forward_context, model_attention_mask  # noqa: F401 (re-exported)
+from alignpipe.model_parts import base_model, text_config
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB in fp32)
 KEEP_SOFTMAX_BYTES = 256 << 20  # below this, backward reuses the forward's softmax instead of recomputing
@@ -121,7 +122,7 @@ def naive_selective_log_softmax(hidden: torch.Tensor, weight: torch.Tensor, targ
 def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(backbone returning last_hidden_state, lm_head) of an HF causal LM, PEFT-wrapped or not; a
     one-line TypeError for a head this module would score wrongly (see head_scale)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     backbone = getattr(lm, lm.base_model_prefix, None)
     head = lm.get_output_embeddings()
     if backbone is None or head is None:
@@ -171,18 +172,11 @@ OTHER_HEADS = {
 }
 
 
-def _text_config(config):
-    try:
-        return config.get_text_config()
-    except (AttributeError, ValueError):  # no text config, or several (encoder-decoder styles)
-        return config
-
-
 def head_scale(model: nn.Module) -> float:
     """The factor this model multiplies its logits by after the LM head (1.0 for most), or a one-line
     TypeError naming the config attribute when the model changes its logits in another way."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = _text_config(lm.config)
+    lm = base_model(model)
+    config = text_config(lm)
     read, factor = HEAD_SCALES.get(getattr(config, "model_type", None), ((), lambda c: 1.0))
     vocab = lm.get_output_embeddings().weight.shape[0]
     for attr, value in vars(config).items():
@@ -254,8 +248,7 @@ def _backbone_output(model: nn.Module, backbone: nn.Module, kwargs: dict) -> tor
 def runs_model_forward(model: nn.Module) -> bool:
     """Whether scoring goes through the model's own forward (it takes `logits_to_keep`), or else
     calls the backbone directly."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _takes_logits_to_keep(type(lm))
+    return _takes_logits_to_keep(type(base_model(model)))
 
 
 @functools.cache

@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from alignpipe.model_parts import base_model
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -80,7 +82,7 @@ def use_attention(model, attention: str):
     from alignpipe.attention import attention_implementation
 
     _check_attention_available(attention)
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = base_model(model)
     if attention_implementation(lm) != attention:
         lm.set_attn_implementation(attention)
     if attention_implementation(lm) != attention:

@@ -16,9 +16,9 @@ The standard error is the standard deviation of the per-item scores over sqrt(n)
 averaged orders it is smaller than the binomial sqrt(p(1-p)/n) (all ties: 0)."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
+from alignpipe.intervals import stderr
 from alignpipe.judge.ordering import POLICY_FIRST
 from alignpipe.judge.records import JudgeResult, Verdict
 
@@ -34,10 +34,7 @@ def win_rate_and_stderr(scores: list[Optional[float]]) -> tuple[Optional[float],
     valid = [s for s in scores if s is not None]
     if not valid:
         return None, None
-    p = sum(valid) / len(valid)
-    if len(valid) < 2:
-        return p, None
-    return p, math.sqrt(sum((s - p) ** 2 for s in valid) / (len(valid) - 1) / len(valid))
+    return sum(valid) / len(valid), stderr(valid)
 
 
 def disagreement_rate(per_item: list[list[Verdict]]) -> Optional[float]:

@@ -21,6 +21,8 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from alignpipe.model_parts import base_model
+
 # accelerate's FSDP_* variables (written by `accelerate launch` from fsdp_config) -> (config key,
 # accepted values; None: the variable may be absent). accelerate writes defaults for keys a
 # config leaves out (e.g. cpu_ram_efficient_loading: true), so those must be set explicitly.
@@ -71,10 +73,6 @@ def fsdp_settings(env: Optional[dict[str, str]] = None) -> Optional[FSDPSettings
     )
 
 
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def shard(model: nn.Module, settings: FSDPSettings) -> None:
     """Shard `model` in place: its parameters become DTensor shards (make the optimizer after)."""
     import torch.distributed as dist
@@ -83,16 +81,16 @@ def shard(model: nn.Module, settings: FSDPSettings) -> None:
     from alignpipe.logprobs import runs_model_forward
 
     if not runs_model_forward(model):
-        raise ValueError(f"FSDP: {type(_base(model)).__name__}.forward takes no logits_to_keep, so scoring would bypass the root unit")
+        raise ValueError(f"FSDP: {type(base_model(model)).__name__}.forward takes no logits_to_keep, so scoring would bypass the root unit")
     if settings.sync_module_states:  # every rank starts from rank 0's weights
         with torch.no_grad():
             for t in [*model.parameters(), *model.buffers()]:
                 dist.broadcast(t.data, src=0)
-    names = settings.layer_classes or tuple(getattr(_base(model), "_no_split_modules", None) or ())
+    names = settings.layer_classes or tuple(getattr(base_model(model), "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
         raise ValueError(
-            f"FSDP: no decoder layers {list(names)} in {type(_base(model)).__name__}; "
+            f"FSDP: no decoder layers {list(names)} in {type(base_model(model)).__name__}; "
             "set fsdp_transformer_layer_cls_to_wrap to its layer class"
         )
     for layer in layers:
@@ -156,7 +154,7 @@ def unsharded_copy(model: nn.Module) -> Optional[nn.Module]:
         return None
     from transformers.initialization import no_init_weights
 
-    base = _base(model)
+    base = base_model(model)
     with no_init_weights():  # every weight is overwritten from the gathered state
         plain = AutoModelForCausalLM.from_config(base.config, dtype=torch.float32, attn_implementation=base.config._attn_implementation)
     plain.tie_weights()  # skipped with the initialization
