@@ -332,9 +332,10 @@ def headline_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in rows if r.get("headline")]
 
 
-def baseline_label(row: Mapping[str, Any]) -> str:
-    """A baseline's name as tables show it: best-of-N picked by the evaluation's own reward is an oracle."""
-    return row["baseline"] + (" (oracle)" if row.get("oracle") else "")
+def shown_name(row: Mapping[str, Any], key: str) -> str:
+    """row[key] (a baseline's or a frontier policy's name) as tables show it: best-of-N picked by the
+    evaluation's own reward is marked an oracle."""
+    return row[key] + (" (oracle)" if row.get("oracle") else "")
 
 
 def lc_cell(row: Mapping[str, Any]) -> str:
@@ -352,7 +353,7 @@ def _win_rate_table(rows: Sequence[Mapping[str, Any]], extra: Sequence[tuple[str
               "order disagreement", "first shown wins", "valid", "invalid", "verdict"] + [name for name, _ in extra]
     body = []
     for r in sorted(rows, key=lambda r: (r["baseline"], r["temperature"])):
-        line = [baseline_label(r) + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
+        line = [shown_name(r, "baseline") + (" **(headline)**" if r.get("headline") else ""), fmt(r["temperature"], 2), fmt(r["win_rate"]),
                 fmt_ci(r), lc_cell(r), fmt_ci(r, "lc_"), fmt(r.get("mean_length_policy"), 1),
                 fmt(r.get("mean_length_baseline"), 1), fmt(r.get("order_disagreement")), fmt(r.get("first_wins_share")),
                 r["n_valid"], r["n_invalid"], verdict(r)]  # fmt: skip
@@ -454,7 +455,7 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
         section.figures.append(plots.reward_kl_frontier(frontier, out_dir / FIGURES["frontier"]))
         section.body += table(
             ["policy", "DPO step", "mean reward", "95% CI", "KL (nats/seq)", "KL 95% CI", "max_new_tokens", "cut at the cap", "prompts"],
-            ([frontier_label(r), fmt(r.get("dpo_step")), fmt(r["mean_reward"]), fmt_ci(r, "reward_"),
+            ([shown_name(r, "label"), fmt(r.get("dpo_step")), fmt(r["mean_reward"]), fmt_ci(r, "reward_"),
               fmt(r["kl"]) + (" (analytic bound)" if r.get("kl_is_bound") else ""), fmt_ci(r, "kl_"), fmt(r.get("max_new_tokens")),
               truncated_share(r), r["n"]]
              for r in frontier),
@@ -463,7 +464,7 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
         oracle = [r for r in frontier if r.get("oracle")]
         if oracle:
             section.body += [
-                f"{', '.join(frontier_label(r) for r in oracle)}: the best of N SFT samples as picked by the evaluation's "
+                f"{', '.join(shown_name(r, 'label') for r in oracle)}: the best of N SFT samples as picked by the evaluation's "
                 "own reward, an *oracle* baseline (it optimizes the very score it is measured by), not a trained policy; "
                 "its KL is the analytic bound log N - (N-1)/N, not measured.", "",
             ]
@@ -477,10 +478,6 @@ def frontier_section(frontier: Sequence[FrontierRow], rewards: Sequence[RewardKL
              for r in sorted(rewards, key=lambda r: (r["policy"], r["temperature"]))),
         )  # fmt: skip
     return section
-
-
-def frontier_label(row: Mapping[str, Any]) -> str:
-    return row["label"] + (" (oracle)" if row.get("oracle") else "")
 
 
 def truncated_share(row: Mapping[str, Any]) -> str:
@@ -627,7 +624,7 @@ def _headline_line(r: Mapping[str, Any], where: str) -> str:
         reward = (f" Mean reward DPO minus {r['baseline']}, paired per prompt: {fmt(r['reward_diff'])}, "
                   f"95% CI {fmt_ci(r, 'reward_diff_')}.")
     return (
-        f"- **{where}, DPO vs {baseline_label(r)} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
+        f"- **{where}, DPO vs {shown_name(r, 'baseline')} at T={r['temperature']:g} (fixed by the config): win rate {fmt(r['win_rate'])}, "
         f"95% CI {fmt_ci(r)} over {r['n_valid']} prompts{per}: {verdict(r)}.**{reward} {lc}{lengths}."
     )
 
