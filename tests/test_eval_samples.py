@@ -52,7 +52,7 @@ def test_an_llm_judges_row_gets_an_lc_win_rate_and_a_reward_judges_does_not():
 
 
 def test_evaluation_with_several_samples_per_prompt(tiny_model, tiny_model_dir, smol_tokenizer, tmp_path):
-    from test_evaluation import _perturbed
+    from tiny_pipeline import perturbed_model as _perturbed
 
     from alignpipe.judge import make_judge
     from alignpipe.rewards import make_scorer
